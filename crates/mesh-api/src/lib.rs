@@ -1,0 +1,18 @@
+//! The object model of meshd and the messages of its control API.
+//!
+//! Everything here is plain data plus pure validation: no sockets, files or clocks.
+//! Timestamps are Unix milliseconds handed in by the caller.
+
+pub mod api;
+pub mod cluster;
+pub mod error;
+pub mod ids;
+pub mod node;
+
+pub use cluster::{Cluster, ClusterSpec, DispatcherConfig, JoinTokens, RootCa};
+pub use error::ValidationError;
+pub use ids::new_id;
+pub use node::{
+    Availability, ManagerStatus, Node, NodeDescription, NodeRole, NodeSpec, NodeState, NodeStatus,
+    Reachability,
+};

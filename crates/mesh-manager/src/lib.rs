@@ -1,0 +1,1 @@
+//! meshd manager: control API, dispatcher, role manager, CA server.

@@ -1,0 +1,1 @@
+//! meshd PKI: root CA, node certificates, join tokens.

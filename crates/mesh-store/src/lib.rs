@@ -1,0 +1,1 @@
+//! meshd replicated store: openraft with an on-disk log and snapshots.

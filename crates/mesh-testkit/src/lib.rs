@@ -1,0 +1,1 @@
+//! meshd lab: N hosts in network namespaces on one machine.

@@ -1,0 +1,1 @@
+//! meshd node-to-node transport: QUIC with mutual TLS, request/response RPC.

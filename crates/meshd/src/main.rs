@@ -1,0 +1,3 @@
+//! meshd, the daemon on every host.
+
+fn main() {}

@@ -1,0 +1,3 @@
+//! swarm, the meshd command-line client.
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! meshd integration tests on the lab.
