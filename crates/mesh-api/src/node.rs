@@ -160,7 +160,7 @@ pub struct NodeDescription {
     pub architecture: String,
     /// meshd version.
     pub engine_version: String,
-    /// Number of CPUs.
+    /// CPUs in billionths (docker's NanoCPUs): 2 CPUs = 2_000_000_000.
     #[serde(default)]
     pub nano_cpus: u64,
     /// Memory in bytes.

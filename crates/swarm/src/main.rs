@@ -1,3 +1,5 @@
 //! swarm, the meshd command-line client.
 
-fn main() {}
+fn main() -> std::process::ExitCode {
+    swarm::main_entry()
+}

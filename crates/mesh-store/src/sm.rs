@@ -1,0 +1,544 @@
+//! The in-memory state machine and its snapshot files.
+//!
+//! The state lives in memory; durability comes from the snapshot files plus the Raft log (the
+//! log is replayed up to the committed index at start-up).
+
+use std::io::Cursor;
+use std::io::Write;
+use std::path::Path;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::RwLock;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::time::SystemTime;
+
+use openraft::AnyError;
+use openraft::EntryPayload;
+use openraft::OptionalSend;
+use openraft::RaftSnapshotBuilder;
+use openraft::Snapshot;
+use openraft::StorageIOError;
+use openraft::storage::RaftStateMachine;
+use tokio::sync::broadcast;
+
+use crate::StateMachine;
+use crate::StoreError;
+use crate::StoreEvent;
+use crate::types::Cfg;
+use crate::types::Entry;
+use crate::types::LogId;
+use crate::types::Request;
+use crate::types::Response;
+use crate::types::SnapshotMeta;
+use crate::types::StorageError;
+use crate::types::StoredMembership;
+
+/// Directory of snapshot files inside a store directory.
+pub(crate) const SNAP_DIR: &str = "snapshots";
+const SNAP_PREFIX: &str = "snapshot-";
+const SNAP_SUFFIX: &str = ".snap";
+const TMP_PREFIX: &str = ".tmp-";
+const MAGIC: &[u8; 8] = b"MESHSNAP";
+const VERSION: u32 = 1;
+/// Capacity of the event channel; a slower subscriber gets `Lagged` and should re-read.
+const EVENT_CAPACITY: usize = 4096;
+
+/// The applied state and what Raft needs to know about it.
+pub(crate) struct SmData<S> {
+    pub(crate) state: S,
+    pub(crate) last_applied: Option<LogId>,
+    pub(crate) membership: StoredMembership,
+}
+
+struct SnapFile {
+    meta: SnapshotMeta,
+    path: PathBuf,
+}
+
+/// State shared between the Raft state machine worker and the [`Store`](crate::Store).
+pub(crate) struct SmShared<S: StateMachine> {
+    pub(crate) data: RwLock<SmData<S>>,
+    pub(crate) events: broadcast::Sender<StoreEvent<S::Output>>,
+    snap_dir: PathBuf,
+    current: Mutex<Option<SnapFile>>,
+    seq: AtomicU64,
+}
+
+impl<S: StateMachine> SmShared<S> {
+    /// Load the newest snapshot under `dir` (if any) as the initial state; remove leftovers.
+    pub(crate) fn load(dir: &Path) -> Result<Self, StoreError> {
+        let snap_dir = dir.join(SNAP_DIR);
+        std::fs::create_dir_all(&snap_dir)
+            .map_err(|e| StoreError::storage(&snap_dir, format!("cannot create: {e}")))?;
+        let latest = latest_snapshot(&snap_dir)?;
+        let (data, current) = match latest {
+            None => (
+                SmData {
+                    state: S::default(),
+                    last_applied: None,
+                    membership: StoredMembership::default(),
+                },
+                None,
+            ),
+            Some((meta, bytes, path)) => {
+                let state: S = serde_json::from_slice(&bytes).map_err(|e| {
+                    StoreError::storage(&path, format!("cannot decode the snapshot's state: {e}"))
+                })?;
+                tracing::info!(
+                    snapshot = %path.display(),
+                    last_log = ?meta.last_log_id,
+                    "state loaded from snapshot"
+                );
+                (
+                    SmData {
+                        state,
+                        last_applied: meta.last_log_id,
+                        membership: meta.last_membership.clone(),
+                    },
+                    Some(SnapFile { meta, path }),
+                )
+            }
+        };
+        remove_other_snapshots(&snap_dir, current.as_ref().map(|c| c.path.as_path()));
+        let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        Ok(Self {
+            data: RwLock::new(data),
+            events,
+            snap_dir,
+            current: Mutex::new(current),
+            seq: AtomicU64::new(0),
+        })
+    }
+
+    pub(crate) fn read_data<R>(&self, f: impl FnOnce(&SmData<S>) -> R) -> R {
+        let guard = self.data.read().unwrap_or_else(|e| e.into_inner());
+        f(&guard)
+    }
+
+    fn next_snapshot_id(&self, last: Option<LogId>) -> String {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        match last {
+            Some(l) => format!("{}-{}-{nanos}-{seq}", l.leader_id.term, l.index),
+            None => format!("0-0-{nanos}-{seq}"),
+        }
+    }
+
+    /// Write a snapshot file and make it current, unless a newer one already is. Returns
+    /// whether it became current.
+    fn save_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<bool, String> {
+        let path = write_snapshot_file(&self.snap_dir, meta, data)?;
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(cur) = current.as_ref()
+            && cur.meta.last_log_id > meta.last_log_id
+        {
+            // A newer snapshot was installed meanwhile: this one is obsolete.
+            let _ = std::fs::remove_file(&path);
+            return Ok(false);
+        }
+        *current = Some(SnapFile {
+            meta: meta.clone(),
+            path: path.clone(),
+        });
+        remove_other_snapshots(&self.snap_dir, Some(&path));
+        Ok(true)
+    }
+
+    fn current_snapshot(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, String> {
+        let path = {
+            let current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+            match current.as_ref() {
+                None => return Ok(None),
+                Some(c) => c.path.clone(),
+            }
+        };
+        let (meta, data) = read_snapshot_file(&path)?;
+        Ok(Some((meta, data)))
+    }
+}
+
+/// openraft's state machine over [`SmShared`].
+pub(crate) struct SmStore<S: StateMachine> {
+    pub(crate) shared: Arc<SmShared<S>>,
+}
+
+impl<S: StateMachine> Clone for SmStore<S> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+async fn blocking<R: Send + 'static>(
+    f: impl FnOnce() -> Result<R, String> + Send + 'static,
+) -> Result<R, String> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => Err(format!("storage task failed: {e}")),
+    }
+}
+
+impl<S: StateMachine> RaftSnapshotBuilder<Cfg<S>> for SmStore<S> {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<Cfg<S>>, StorageError> {
+        let (data, last_applied, membership) = {
+            let guard = self.shared.data.read().unwrap_or_else(|e| e.into_inner());
+            let data = serde_json::to_vec(&guard.state)
+                .map_err(|e| StorageIOError::read_state_machine(AnyError::error(e)))?;
+            (data, guard.last_applied, guard.membership.clone())
+        };
+        let meta = SnapshotMeta {
+            last_log_id: last_applied,
+            last_membership: membership,
+            snapshot_id: self.shared.next_snapshot_id(last_applied),
+        };
+        let shared = self.shared.clone();
+        let (m, d) = (meta.clone(), data.clone());
+        let signature = meta.signature();
+        blocking(move || shared.save_snapshot(&m, &d))
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(Some(signature), AnyError::error(e)))?;
+        tracing::info!(last_log = ?meta.last_log_id, bytes = data.len(), "snapshot built");
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl<S: StateMachine> RaftStateMachine<Cfg<S>> for SmStore<S> {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        Ok(self
+            .shared
+            .read_data(|d| (d.last_applied, d.membership.clone())))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response<S::Output>>, StorageError>
+    where
+        I: IntoIterator<Item = Entry<S>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut out = Vec::new();
+        let mut events = Vec::new();
+        {
+            let mut d = self.shared.data.write().unwrap_or_else(|e| e.into_inner());
+            for entry in entries {
+                let log_id = entry.log_id;
+                let index = log_id.index;
+                match entry.payload {
+                    EntryPayload::Blank => out.push(Response::None),
+                    EntryPayload::Normal(Request::App(cmd)) => {
+                        let output = d.state.apply(index, cmd);
+                        events.push(StoreEvent::Applied {
+                            index,
+                            output: output.clone(),
+                        });
+                        out.push(Response::App(output));
+                    }
+                    EntryPayload::Normal(Request::Restore { state_json }) => {
+                        let state: S = serde_json::from_str(&state_json).map_err(|e| {
+                            StorageIOError::apply(
+                                log_id,
+                                AnyError::error(format!("cannot decode the restored state: {e}")),
+                            )
+                        })?;
+                        d.state = state;
+                        tracing::info!(index, "state replaced by a restore entry");
+                        events.push(StoreEvent::StateReplaced { index });
+                        out.push(Response::None);
+                    }
+                    EntryPayload::Membership(m) => {
+                        d.membership = StoredMembership::new(Some(log_id), m);
+                        out.push(Response::None);
+                    }
+                }
+                d.last_applied = Some(log_id);
+            }
+        }
+        for ev in events {
+            // No subscriber is fine.
+            let _ = self.shared.events.send(ev);
+        }
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        let state: S = serde_json::from_slice(&data).map_err(|e| {
+            StorageIOError::read_snapshot(
+                Some(meta.signature()),
+                AnyError::error(format!("cannot decode the snapshot's state: {e}")),
+            )
+        })?;
+        let shared = self.shared.clone();
+        let m = meta.clone();
+        let signature = meta.signature();
+        blocking(move || shared.save_snapshot(&m, &data))
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(Some(signature), AnyError::error(e)))?;
+        {
+            let mut d = self.shared.data.write().unwrap_or_else(|e| e.into_inner());
+            d.state = state;
+            d.last_applied = meta.last_log_id;
+            d.membership = meta.last_membership.clone();
+        }
+        let index = meta.last_log_id.map(|l| l.index).unwrap_or_default();
+        tracing::info!(last_log = ?meta.last_log_id, "snapshot from the leader installed");
+        let _ = self.shared.events.send(StoreEvent::StateReplaced { index });
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<Cfg<S>>>, StorageError> {
+        let shared = self.shared.clone();
+        let cur = blocking(move || shared.current_snapshot())
+            .await
+            .map_err(|e| StorageIOError::read_snapshot(None, AnyError::error(e)))?;
+        Ok(cur.map(|(meta, data)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        }))
+    }
+}
+
+/// Rebuild the state of a stopped store from its snapshot and its whole log (committed or
+/// not: an entry a majority acknowledged may be present here without this member knowing it
+/// was committed).
+pub(crate) fn recover_state<S: StateMachine>(dir: &Path) -> Result<S, StoreError> {
+    let snap_dir = dir.join(SNAP_DIR);
+    let (mut state, mut last) = match latest_snapshot(&snap_dir)? {
+        None => (S::default(), None),
+        Some((meta, bytes, path)) => {
+            let state: S = serde_json::from_slice(&bytes).map_err(|e| {
+                StoreError::storage(&path, format!("cannot decode the snapshot's state: {e}"))
+            })?;
+            (state, meta.last_log_id.map(|l| l.index))
+        }
+    };
+    let db_path = dir.join(crate::log_store::DB_FILE);
+    if db_path.exists() {
+        let dump = crate::log_store::dump_log::<S>(&db_path)?;
+        for entry in dump.entries {
+            let index = entry.log_id.index;
+            if let Some(l) = last {
+                if index <= l {
+                    continue;
+                }
+                if index != l + 1 {
+                    tracing::warn!(
+                        expected = l + 1,
+                        found = index,
+                        "gap in the raft log; recovery stops here"
+                    );
+                    break;
+                }
+            }
+            match entry.payload {
+                EntryPayload::Normal(Request::App(cmd)) => {
+                    state.apply(index, cmd);
+                }
+                EntryPayload::Normal(Request::Restore { state_json }) => {
+                    state = serde_json::from_str(&state_json).map_err(|e| {
+                        StoreError::storage(
+                            &db_path,
+                            format!("cannot decode restore entry {index}: {e}"),
+                        )
+                    })?;
+                }
+                EntryPayload::Blank | EntryPayload::Membership(_) => {}
+            }
+            last = Some(index);
+        }
+    }
+    tracing::info!(last_index = ?last, "state recovered from disk");
+    Ok(state)
+}
+
+/// Remove every snapshot file and leftover under `dir`.
+pub(crate) fn wipe_snapshots(dir: &Path) -> Result<(), StoreError> {
+    let snap_dir = dir.join(SNAP_DIR);
+    if snap_dir.exists() {
+        std::fs::remove_dir_all(&snap_dir)
+            .map_err(|e| StoreError::storage(&snap_dir, format!("cannot remove: {e}")))?;
+    }
+    Ok(())
+}
+
+fn encode_snapshot(meta: &SnapshotMeta, data: &[u8]) -> Result<Vec<u8>, String> {
+    let meta_json = serde_json::to_vec(meta).map_err(|e| e.to_string())?;
+    let mut out = Vec::with_capacity(8 + 4 + 16 + meta_json.len() + data.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&VERSION.to_be_bytes());
+    out.extend_from_slice(&(meta_json.len() as u64).to_be_bytes());
+    out.extend_from_slice(&meta_json);
+    out.extend_from_slice(&(data.len() as u64).to_be_bytes());
+    out.extend_from_slice(data);
+    Ok(out)
+}
+
+fn take<'a>(buf: &mut &'a [u8], n: usize) -> Result<&'a [u8], String> {
+    if buf.len() < n {
+        return Err("truncated snapshot file".into());
+    }
+    let (head, tail) = buf.split_at(n);
+    *buf = tail;
+    Ok(head)
+}
+
+fn take_u64(buf: &mut &[u8]) -> Result<u64, String> {
+    let b = take(buf, 8)?;
+    let mut a = [0u8; 8];
+    a.copy_from_slice(b);
+    Ok(u64::from_be_bytes(a))
+}
+
+fn decode_snapshot(bytes: &[u8]) -> Result<(SnapshotMeta, Vec<u8>), String> {
+    let mut buf = bytes;
+    if take(&mut buf, 8)? != MAGIC {
+        return Err("not a snapshot file (bad magic)".into());
+    }
+    let mut v = [0u8; 4];
+    v.copy_from_slice(take(&mut buf, 4)?);
+    let version = u32::from_be_bytes(v);
+    if version != VERSION {
+        return Err(format!("unsupported snapshot version {version}"));
+    }
+    let meta_len = usize::try_from(take_u64(&mut buf)?).map_err(|e| e.to_string())?;
+    let meta: SnapshotMeta = serde_json::from_slice(take(&mut buf, meta_len)?)
+        .map_err(|e| format!("bad snapshot meta: {e}"))?;
+    let data_len = usize::try_from(take_u64(&mut buf)?).map_err(|e| e.to_string())?;
+    let data = take(&mut buf, data_len)?.to_vec();
+    if !buf.is_empty() {
+        return Err("trailing bytes after the snapshot data".into());
+    }
+    Ok((meta, data))
+}
+
+fn read_snapshot_file(path: &Path) -> Result<(SnapshotMeta, Vec<u8>), String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    decode_snapshot(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Write a snapshot atomically: temporary file, fsync, rename, fsync of the directory.
+fn write_snapshot_file(dir: &Path, meta: &SnapshotMeta, data: &[u8]) -> Result<PathBuf, String> {
+    let index = meta.last_log_id.map(|l| l.index).unwrap_or_default();
+    let id: String = meta
+        .snapshot_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let name = format!("{SNAP_PREFIX}{index:020}-{id}{SNAP_SUFFIX}");
+    let path = dir.join(&name);
+    let tmp = dir.join(format!("{TMP_PREFIX}{name}"));
+    let bytes = encode_snapshot(meta, data)?;
+    let res = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(dir)?.sync_all()?;
+        Ok(())
+    })();
+    if let Err(e) = res {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(format!("cannot write snapshot {}: {e}", path.display()));
+    }
+    Ok(path)
+}
+
+/// The snapshot with the highest last log id under `dir`. Unreadable files are skipped.
+fn latest_snapshot(dir: &Path) -> Result<Option<(SnapshotMeta, Vec<u8>, PathBuf)>, StoreError> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StoreError::storage(dir, format!("cannot list: {e}"))),
+    };
+    let mut best: Option<(SnapshotMeta, Vec<u8>, PathBuf)> = None;
+    for ent in rd.flatten() {
+        let name = ent.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with(SNAP_PREFIX) && name.ends_with(SNAP_SUFFIX)) {
+            continue;
+        }
+        let path = ent.path();
+        match read_snapshot_file(&path) {
+            Ok((meta, data)) => {
+                if best
+                    .as_ref()
+                    .is_none_or(|(b, _, _)| meta.last_log_id > b.last_log_id)
+                {
+                    best = Some((meta, data, path));
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "skipping unreadable snapshot file"),
+        }
+    }
+    Ok(best)
+}
+
+fn remove_other_snapshots(dir: &Path, keep: Option<&Path>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for ent in rd.flatten() {
+        let path = ent.path();
+        if Some(path.as_path()) == keep {
+            continue;
+        }
+        let name = ent.file_name().to_string_lossy().into_owned();
+        let ours = name.starts_with(TMP_PREFIX)
+            || (name.starts_with(SNAP_PREFIX) && name.ends_with(SNAP_SUFFIX));
+        if ours {
+            match std::fs::remove_file(&path) {
+                Ok(()) => tracing::debug!(file = %path.display(), "old snapshot file removed"),
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "cannot remove old snapshot file")
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_file_roundtrip_and_truncation() {
+        let meta = SnapshotMeta {
+            last_log_id: Some(LogId::new(openraft::CommittedLeaderId::new(3, 1), 42)),
+            last_membership: StoredMembership::default(),
+            snapshot_id: "3-42-x".into(),
+        };
+        let bytes = encode_snapshot(&meta, b"{\"a\":1}").unwrap();
+        let (m, d) = decode_snapshot(&bytes).unwrap();
+        assert_eq!(m, meta);
+        assert_eq!(d, b"{\"a\":1}");
+        assert!(decode_snapshot(&bytes[..bytes.len() - 1]).is_err());
+        assert!(decode_snapshot(b"garbage!garbage!").is_err());
+    }
+}

@@ -1,0 +1,1009 @@
+//! [`Store`]: the replicated store handle.
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::io::Cursor;
+use std::io::Write;
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::Weak;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use std::time::Instant;
+
+use futures::future::BoxFuture;
+use openraft::ChangeMembers;
+use openraft::ServerState;
+use openraft::Snapshot;
+use openraft::error::ClientWriteError;
+use openraft::error::Fatal;
+use openraft::error::InitializeError;
+use openraft::error::RaftError;
+use tokio::sync::broadcast;
+
+use crate::MemberInfo;
+use crate::RaftRole;
+use crate::RaftStatus;
+use crate::RaftTransport;
+use crate::RpcHandler;
+use crate::StateMachine;
+use crate::StoreConfig;
+use crate::StoreError;
+use crate::StoreEvent;
+use crate::TransportError;
+use crate::log_store::DB_FILE;
+use crate::log_store::DbHandle;
+use crate::log_store::LogStore;
+use crate::network::NetFactory;
+use crate::network::PeerHealth;
+use crate::rpc;
+use crate::rpc::ForwardOp;
+use crate::rpc::ForwardOutput;
+use crate::rpc::RpcReply;
+use crate::rpc::RpcRequest;
+use crate::sm::SmShared;
+use crate::sm::SmStore;
+use crate::types::Metrics;
+use crate::types::Raft;
+use crate::types::Request;
+use crate::types::Response;
+
+/// Left in the store directory while `force_new_cluster` runs: the recovered state.
+const RECOVERY_FILE: &str = "force-new-cluster.state.json";
+
+/// A replicated store of the state machine `S`. Cheap to clone.
+pub struct Store<S: StateMachine> {
+    inner: Arc<Inner<S>>,
+}
+
+impl<S: StateMachine> Clone for Store<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+struct Inner<S: StateMachine> {
+    id: u64,
+    dir: PathBuf,
+    cfg: StoreConfig,
+    raft: Raft<S>,
+    sm: Arc<SmShared<S>>,
+    db: Arc<DbHandle>,
+    transport: Arc<dyn RaftTransport>,
+    health: Arc<PeerHealth>,
+    shut_down: AtomicBool,
+    /// Set once the store is known to be part of a cluster (metrics can lag behind).
+    initialized: AtomicBool,
+}
+
+impl<S: StateMachine> Drop for Inner<S> {
+    fn drop(&mut self) {
+        if self.shut_down.load(Ordering::SeqCst) {
+            return;
+        }
+        // Dropped without `shutdown()`: stop Raft in the background if a runtime is there.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let raft = self.raft.clone();
+            let db = self.db.clone();
+            handle.spawn(async move {
+                let _ = raft.shutdown().await;
+                let _ = tokio::task::spawn_blocking(move || db.close()).await;
+            });
+        }
+    }
+}
+
+/// Why forwarding to the leader failed.
+enum Forward {
+    /// The leader did not receive the request (or refused it unseen): safe to retry.
+    NotDelivered(StoreError),
+    /// The leader may or may not have carried it out.
+    Unknown(StoreError),
+}
+
+/// When an operation must be finished, and the budget it was given.
+#[derive(Clone, Copy)]
+struct Deadline {
+    at: Instant,
+    budget: Duration,
+}
+
+impl Deadline {
+    fn new(budget: Duration) -> Self {
+        Self {
+            at: Instant::now() + budget,
+            budget,
+        }
+    }
+
+    fn remaining(&self) -> Duration {
+        self.at.saturating_duration_since(Instant::now())
+    }
+
+    fn passed(&self) -> bool {
+        Instant::now() >= self.at
+    }
+
+    fn timeout(&self) -> StoreError {
+        StoreError::Timeout { after: self.budget }
+    }
+}
+
+fn validate_member(field: &str, member: &MemberInfo) -> Result<(), StoreError> {
+    if member.addr.parse::<SocketAddr>().is_err() {
+        return Err(StoreError::InvalidArgument {
+            field: format!("{field}.addr"),
+            reason: format!(
+                "`{}` is not an ip:port address; give the member's control address, e.g. 10.0.0.1:2377",
+                member.addr
+            ),
+        });
+    }
+    if member.name.trim().is_empty() {
+        return Err(StoreError::InvalidArgument {
+            field: format!("{field}.name"),
+            reason: "is empty; give the member's node id".to_string(),
+        });
+    }
+    Ok(())
+}
+
+fn map_write_error(e: RaftError<u64, ClientWriteError<u64, MemberInfo>>) -> StoreError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => StoreError::NotLeader {
+            leader: f.leader_id,
+        },
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => StoreError::Membership {
+            reason: c.to_string(),
+        },
+        RaftError::Fatal(f) => map_fatal(f),
+    }
+}
+
+fn map_fatal(f: Fatal<u64>) -> StoreError {
+    match f {
+        Fatal::Stopped => StoreError::ShutDown,
+        other => StoreError::raft(other),
+    }
+}
+
+fn is_initialized(m: &Metrics) -> bool {
+    m.membership_config.membership().nodes().next().is_some() || m.last_log_index.is_some()
+}
+
+fn blocking_err(e: tokio::task::JoinError) -> StoreError {
+    StoreError::raft(format!("storage task failed: {e}"))
+}
+
+impl<S: StateMachine> Store<S> {
+    /// Open the store in `dir` (created if missing) as Raft member `raft_id`.
+    ///
+    /// Resumes from disk when the directory holds a store: vote, log and snapshot are loaded
+    /// and the state is rebuilt from the snapshot plus the committed log.
+    pub async fn open(
+        dir: &Path,
+        raft_id: u64,
+        cfg: StoreConfig,
+        transport: Arc<dyn RaftTransport>,
+    ) -> Result<Self, StoreError> {
+        let recovery = dir.join(RECOVERY_FILE);
+        if recovery.exists() {
+            return Err(StoreError::InvalidArgument {
+                field: "dir".to_string(),
+                reason: format!(
+                    "an interrupted force_new_cluster left {}; run force_new_cluster again to finish the recovery",
+                    recovery.display()
+                ),
+            });
+        }
+        Self::open_unchecked(dir, raft_id, cfg, transport).await
+    }
+
+    async fn open_unchecked(
+        dir: &Path,
+        raft_id: u64,
+        cfg: StoreConfig,
+        transport: Arc<dyn RaftTransport>,
+    ) -> Result<Self, StoreError> {
+        cfg.validate()?;
+        let raft_cfg = Arc::new(cfg.raft_config()?);
+        let dir = dir.to_path_buf();
+        let d = dir.clone();
+        let (db, sm, has_state) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+            std::fs::create_dir_all(&d).map_err(|e| {
+                StoreError::storage(&d, format!("cannot create the store directory: {e}"))
+            })?;
+            let db = DbHandle::open(&d.join(DB_FILE))?;
+            if let Err(e) = db.claim_raft_id(raft_id) {
+                db.close();
+                return Err(e);
+            }
+            let loaded = db
+                .has_raft_state()
+                .and_then(|has_state| SmShared::<S>::load(&d).map(|sm| (has_state, sm)));
+            match loaded {
+                Ok((has_state, sm)) => Ok((db, sm, has_state)),
+                Err(e) => {
+                    db.close();
+                    Err(e)
+                }
+            }
+        })
+        .await
+        .map_err(blocking_err)??;
+        let db = Arc::new(db);
+        let sm = Arc::new(sm);
+        let health = Arc::new(PeerHealth::default());
+        let net = NetFactory::<S> {
+            me: raft_id,
+            transport: transport.clone(),
+            health: health.clone(),
+            _p: PhantomData,
+        };
+        let raft = match Raft::<S>::new(
+            raft_id,
+            raft_cfg,
+            net,
+            LogStore::<S>::new(db.clone()),
+            SmStore { shared: sm.clone() },
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                db.close();
+                return Err(StoreError::raft(format!("cannot start raft: {e}")));
+            }
+        };
+        tracing::info!(raft_id, dir = %dir.display(), "store opened");
+        Ok(Self {
+            inner: Arc::new(Inner {
+                id: raft_id,
+                dir,
+                cfg,
+                raft,
+                sm,
+                db,
+                transport,
+                health,
+                shut_down: AtomicBool::new(false),
+                initialized: AtomicBool::new(has_state),
+            }),
+        })
+    }
+
+    /// Make this store the first manager: a single-member cluster with `me` as its voter.
+    ///
+    /// Does nothing if the store is already part of a cluster.
+    pub async fn bootstrap(&self, me: MemberInfo) -> Result<(), StoreError> {
+        validate_member("me", &me)?;
+        self.ensure_running()?;
+        let mut members = BTreeMap::new();
+        members.insert(self.inner.id, me);
+        match self.inner.raft.initialize(members).await {
+            Ok(()) => {
+                self.inner.initialized.store(true, Ordering::SeqCst);
+                tracing::info!(raft_id = self.inner.id, "cluster bootstrapped");
+                Ok(())
+            }
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
+                self.inner.initialized.store(true, Ordering::SeqCst);
+                tracing::info!(
+                    raft_id = self.inner.id,
+                    "already part of a cluster; bootstrap skipped"
+                );
+                Ok(())
+            }
+            Err(RaftError::APIError(e)) => Err(StoreError::Membership {
+                reason: e.to_string(),
+            }),
+            Err(RaftError::Fatal(f)) => Err(map_fatal(f)),
+        }
+    }
+
+    /// Whether this store belongs to a cluster (bootstrapped, or added by a leader).
+    pub fn is_initialized(&self) -> bool {
+        self.initialized_now(&self.metrics())
+    }
+
+    /// This member's Raft id.
+    pub fn raft_id(&self) -> u64 {
+        self.inner.id
+    }
+
+    /// The store's directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Apply `cmd` through Raft and return the state machine's output.
+    ///
+    /// Works on any member: the leader applies; a follower forwards to the leader over the
+    /// transport and returns the leader's answer. Without a majority it fails fast with
+    /// [`StoreError::NoQuorum`].
+    ///
+    /// On a follower it returns once the entry is applied locally as well (read-your-writes),
+    /// unless that takes longer than an election would.
+    ///
+    /// Requests that surely did not reach the leader are retried (across leader changes) until
+    /// `write_timeout`. As with any Raft store, a write refused with `NoQuorum` or `Timeout`
+    /// after the leader logged it may still be applied once a majority is back.
+    pub async fn write(&self, cmd: S::Command) -> Result<S::Output, StoreError> {
+        match self
+            .submit(
+                ForwardOp::Write(Request::App(cmd)),
+                self.inner.cfg.write_timeout,
+            )
+            .await?
+        {
+            ForwardOutput::Write {
+                response: Response::App(out),
+                ..
+            } => Ok(out),
+            _ => Err(StoreError::raft(
+                "the leader returned no output for an application command",
+            )),
+        }
+    }
+
+    /// Local read of the applied state (may be slightly stale on followers; always served,
+    /// even without quorum). Keep `f` short: applying waits for it.
+    pub fn read<R>(&self, f: impl FnOnce(&S) -> R) -> R {
+        self.inner.sm.read_data(|d| f(&d.state))
+    }
+
+    /// Every applied entry, in order: (index, output); and an event whenever the whole state is
+    /// replaced. A receiver that falls behind gets `Lagged` and should re-read the state.
+    pub fn subscribe(&self) -> broadcast::Receiver<StoreEvent<S::Output>> {
+        self.inner.sm.events.subscribe()
+    }
+
+    /// Add a non-voting member and wait until it has caught up with the log as of its addition
+    /// (bounded by `membership_timeout`).
+    pub async fn add_learner(&self, id: u64, member: MemberInfo) -> Result<(), StoreError> {
+        validate_member("member", &member)?;
+        self.submit(
+            ForwardOp::AddLearner { id, member },
+            self.inner.cfg.membership_timeout,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Make `voters` the set of voting members (joint consensus). Each must already be a
+    /// member (added with [`Store::add_learner`]); voters left out are removed from the cluster.
+    pub async fn change_voters(&self, voters: BTreeSet<u64>) -> Result<(), StoreError> {
+        if voters.is_empty() {
+            return Err(StoreError::InvalidArgument {
+                field: "voters".to_string(),
+                reason: "is empty; a cluster needs at least one voter".to_string(),
+            });
+        }
+        self.submit(
+            ForwardOp::ChangeVoters { voters },
+            self.inner.cfg.membership_timeout,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Remove a member (voter or learner) from the cluster. Removing a non-member is a no-op.
+    pub async fn remove_member(&self, id: u64) -> Result<(), StoreError> {
+        self.submit(
+            ForwardOp::RemoveMember { id },
+            self.inner.cfg.membership_timeout,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// A point-in-time view of this member's Raft state.
+    pub fn status(&self) -> RaftStatus {
+        let m = self.metrics();
+        let membership = m.membership_config.membership();
+        let voter_ids: BTreeSet<u64> = membership.voter_ids().collect();
+        let mut voters = BTreeMap::new();
+        let mut learners = BTreeMap::new();
+        for (id, node) in membership.nodes() {
+            if voter_ids.contains(id) {
+                voters.insert(*id, node.clone());
+            } else {
+                learners.insert(*id, node.clone());
+            }
+        }
+        let role = match m.state {
+            ServerState::Leader => RaftRole::Leader,
+            ServerState::Follower => RaftRole::Follower,
+            ServerState::Candidate => RaftRole::Candidate,
+            ServerState::Learner => RaftRole::Learner,
+            ServerState::Shutdown => RaftRole::Shutdown,
+        };
+        let role = if self.inner.shut_down.load(Ordering::SeqCst) {
+            RaftRole::Shutdown
+        } else {
+            role
+        };
+        let has_quorum = match role {
+            RaftRole::Leader => m
+                .millis_since_quorum_ack
+                .is_some_and(|ms| Duration::from_millis(ms) <= self.inner.cfg.quorum_lease()),
+            RaftRole::Follower | RaftRole::Learner => {
+                m.current_leader.is_some_and(|l| l != self.inner.id)
+            }
+            RaftRole::Candidate | RaftRole::Shutdown => false,
+        };
+        let replication = m
+            .replication
+            .as_ref()
+            .map(|r| r.iter().map(|(id, l)| (*id, l.map(|l| l.index))).collect())
+            .unwrap_or_default();
+        RaftStatus {
+            id: self.inner.id,
+            term: m.current_term,
+            role,
+            leader_id: m.current_leader,
+            leader: m
+                .current_leader
+                .and_then(|l| membership.get_node(&l).cloned()),
+            voters,
+            learners,
+            joint: membership.get_joint_config().len() > 1,
+            last_log_index: m.last_log_index,
+            last_applied: m.last_applied.map(|l| l.index),
+            snapshot_index: m.snapshot.map(|l| l.index),
+            purged_index: m.purged.map(|l| l.index),
+            has_quorum,
+            millis_since_quorum_ack: m.millis_since_quorum_ack,
+            replication,
+        }
+    }
+
+    /// Server side of the transport: dispatch an RPC (append, vote, snapshot, forwarded
+    /// request) and encode the reply; errors are encoded in the reply too.
+    pub async fn handle_rpc(&self, payload: Vec<u8>) -> Vec<u8> {
+        let reply = self.dispatch(&payload).await;
+        match rpc::encode(&reply, &[]) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode a raft rpc reply");
+                rpc::encode(&RpcReply::<S>::Failed(e), &[]).unwrap_or_default()
+            }
+        }
+    }
+
+    /// An [`RpcHandler`] for transports that does not keep the store alive: once the store is
+    /// dropped it answers "shut down".
+    pub fn rpc_handler(&self) -> Arc<dyn RpcHandler> {
+        Arc::new(WeakHandler {
+            inner: Arc::downgrade(&self.inner),
+        })
+    }
+
+    /// Stop Raft and close the database. Later calls fail with [`StoreError::ShutDown`].
+    pub async fn shutdown(&self) -> Result<(), StoreError> {
+        if self.inner.shut_down.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let res = self.inner.raft.shutdown().await;
+        let db = self.inner.db.clone();
+        tokio::task::spawn_blocking(move || db.close())
+            .await
+            .map_err(blocking_err)?;
+        tracing::info!(raft_id = self.inner.id, "store shut down");
+        res.map_err(|e| StoreError::raft(format!("raft task ended abnormally: {e}")))
+    }
+
+    /// Recovery: rebuild a single-member cluster from this member's state (like `docker swarm
+    /// init --force-new-cluster`).
+    ///
+    /// Reads the state from disk (snapshot plus every log entry, so that writes a majority
+    /// acknowledged are kept), wipes the Raft log, vote and snapshots, starts a fresh
+    /// single-member Raft with the same id and writes the recovered state through Raft as its
+    /// first entry, so every member added later receives it. Log indexes restart from zero;
+    /// subscribers see a [`StoreEvent::StateReplaced`]. The store in `dir` must not be open.
+    pub async fn force_new_cluster(
+        dir: &Path,
+        raft_id: u64,
+        me: MemberInfo,
+        cfg: StoreConfig,
+        transport: Arc<dyn RaftTransport>,
+    ) -> Result<Self, StoreError> {
+        cfg.validate()?;
+        validate_member("me", &me)?;
+        let d = dir.to_path_buf();
+        let state_json = tokio::task::spawn_blocking(move || -> Result<String, StoreError> {
+            let recovery = d.join(RECOVERY_FILE);
+            let state_json = if recovery.exists() {
+                // An earlier force_new_cluster stopped before its restore entry committed.
+                tracing::warn!(file = %recovery.display(), "resuming an interrupted force-new-cluster");
+                std::fs::read_to_string(&recovery)
+                    .map_err(|e| StoreError::storage(&recovery, format!("cannot read: {e}")))?
+            } else {
+                let db_path = d.join(DB_FILE);
+                if !db_path.exists() && !d.join(crate::sm::SNAP_DIR).exists() {
+                    return Err(StoreError::InvalidArgument {
+                        field: "dir".to_string(),
+                        reason: format!(
+                            "no store found at {}; force_new_cluster recovers the state of an existing manager, give its store directory",
+                            d.display()
+                        ),
+                    });
+                }
+                if db_path.exists() {
+                    let db = DbHandle::open(&db_path)?;
+                    let claim = db.claim_raft_id(raft_id);
+                    db.close();
+                    claim?;
+                }
+                let state: S = crate::sm::recover_state(&d)?;
+                let json = serde_json::to_string(&state).map_err(|e| StoreError::codec("recovered state", e))?;
+                write_atomic(&recovery, json.as_bytes())?;
+                json
+            };
+            let db_path = d.join(DB_FILE);
+            if db_path.exists() {
+                std::fs::remove_file(&db_path)
+                    .map_err(|e| StoreError::storage(&db_path, format!("cannot remove: {e}")))?;
+            }
+            crate::sm::wipe_snapshots(&d)?;
+            Ok(state_json)
+        })
+        .await
+        .map_err(blocking_err)??;
+
+        let store = Self::open_unchecked(dir, raft_id, cfg, transport).await?;
+        store.bootstrap(me).await?;
+        let budget = store.inner.cfg.write_timeout;
+        store
+            .submit(ForwardOp::Write(Request::Restore { state_json }), budget)
+            .await?;
+        let recovery = dir.join(RECOVERY_FILE);
+        tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
+            std::fs::remove_file(&recovery)
+                .map_err(|e| StoreError::storage(&recovery, format!("cannot remove: {e}")))?;
+            if let Some(parent) = recovery.parent() {
+                sync_dir(parent)?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(blocking_err)??;
+        tracing::warn!(
+            raft_id,
+            "new single-member cluster formed from the local state"
+        );
+        Ok(store)
+    }
+
+    // ----- internals -----
+
+    fn metrics(&self) -> Metrics {
+        self.inner.raft.metrics().borrow().clone()
+    }
+
+    fn initialized_now(&self, m: &Metrics) -> bool {
+        if self.inner.initialized.load(Ordering::SeqCst) {
+            return true;
+        }
+        let yes = is_initialized(m);
+        if yes {
+            self.inner.initialized.store(true, Ordering::SeqCst);
+        }
+        yes
+    }
+
+    fn ensure_running(&self) -> Result<(), StoreError> {
+        if self.inner.shut_down.load(Ordering::SeqCst) {
+            return Err(StoreError::ShutDown);
+        }
+        Ok(())
+    }
+
+    /// The error for a write refused for lack of a majority, counting whom we heard from.
+    fn no_quorum(&self, m: &Metrics) -> StoreError {
+        let window = if m.state == ServerState::Leader {
+            self.inner.cfg.quorum_lease()
+        } else {
+            Duration::from_millis(self.inner.cfg.election_max_ms)
+        };
+        let voters: BTreeSet<u64> = m.membership_config.membership().voter_ids().collect();
+        let reachable = voters
+            .iter()
+            .filter(|v| **v == self.inner.id || self.inner.health.heard_within(**v, window))
+            .count();
+        StoreError::NoQuorum {
+            reachable,
+            voters: voters.len(),
+        }
+    }
+
+    /// Whether a majority of voters was heard from lately (within two election timeouts, so
+    /// that an election round or two among them counts).
+    fn majority_heard(&self, m: &Metrics) -> bool {
+        let window = Duration::from_millis(2 * self.inner.cfg.election_max_ms);
+        let voters: BTreeSet<u64> = m.membership_config.membership().voter_ids().collect();
+        let heard = voters
+            .iter()
+            .filter(|v| **v == self.inner.id || self.inner.health.heard_within(**v, window))
+            .count();
+        heard * 2 > voters.len()
+    }
+
+    /// Leader lease: a leader that has not heard from a majority recently refuses writes.
+    fn check_lease(&self, m: &Metrics) -> Result<(), StoreError> {
+        match m.millis_since_quorum_ack {
+            Some(ms) if Duration::from_millis(ms) > self.inner.cfg.quorum_lease() => {
+                Err(self.no_quorum(m))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Run a leader-only operation wherever the leader is, retrying across leader changes.
+    async fn submit(
+        &self,
+        op: ForwardOp<S>,
+        budget: Duration,
+    ) -> Result<ForwardOutput<S>, StoreError> {
+        let start = Instant::now();
+        let deadline = Deadline::new(budget);
+        let cfg = &self.inner.cfg;
+        let mut last_err: Option<StoreError> = None;
+        loop {
+            self.ensure_running()?;
+            let m = self.metrics();
+            if let Err(f) = &m.running_state {
+                return Err(map_fatal(f.clone()));
+            }
+            if !self.initialized_now(&m) {
+                return Err(StoreError::NotInitialized);
+            }
+            if deadline.passed() {
+                return Err(match last_err {
+                    Some(e @ StoreError::ForwardFailed { .. }) => e,
+                    _ => deadline.timeout(),
+                });
+            }
+            match m.current_leader {
+                Some(l) if l == self.inner.id => {
+                    match self.execute_local(op.clone(), deadline).await {
+                        Err(e @ StoreError::NotLeader { .. }) => last_err = Some(e),
+                        r => return r,
+                    }
+                }
+                Some(l) => {
+                    if let Some(member) = m.membership_config.membership().get_node(&l).cloned() {
+                        match self.forward(l, &member, op.clone(), deadline).await {
+                            // Not carried out by the leader: safe to try again.
+                            Err(Forward::NotDelivered(e))
+                            | Ok(Err(e @ (StoreError::NotLeader { .. } | StoreError::ShutDown))) => {
+                                tracing::debug!(leader = l, error = %e, "forwarding failed; retrying");
+                                last_err = Some(e);
+                            }
+                            Ok(Ok(out)) => {
+                                if let ForwardOutput::Write { index, .. } = &out {
+                                    self.wait_applied(*index, deadline).await;
+                                }
+                                return Ok(out);
+                            }
+                            Ok(Err(e)) | Err(Forward::Unknown(e)) => return Err(e),
+                        }
+                    }
+                }
+                None => {}
+            }
+            // No usable leader right now: an election may be under way, or we are cut off.
+            let m = self.metrics();
+            let leaderless = m.current_leader.is_none();
+            // Past the grace period, keep waiting only while a majority still answers (an
+            // election among reachable members is then under way).
+            if start.elapsed() >= cfg.leader_grace() && !self.majority_heard(&m) {
+                return Err(match last_err {
+                    Some(e @ StoreError::ForwardFailed { .. }) if !leaderless => e,
+                    _ => self.no_quorum(&m),
+                });
+            }
+            tokio::time::sleep(cfg.poll_interval().min(deadline.remaining())).await;
+        }
+    }
+
+    /// Send a leader-only operation to the leader `l`; `Ok` carries the leader's answer.
+    async fn forward(
+        &self,
+        l: u64,
+        member: &MemberInfo,
+        op: ForwardOp<S>,
+        deadline: Deadline,
+    ) -> Result<Result<ForwardOutput<S>, StoreError>, Forward> {
+        let failed = |reason: String| StoreError::ForwardFailed {
+            leader: l,
+            addr: member.addr.clone(),
+            reason,
+        };
+        let payload =
+            rpc::encode(&RpcRequest::<S>::Forward(op), &[]).map_err(Forward::NotDelivered)?;
+        let reply = match self
+            .inner
+            .transport
+            .call(l, member, payload, deadline.remaining())
+            .await
+        {
+            Ok(r) => r,
+            Err(e @ TransportError::Unreachable { .. }) => {
+                return Err(Forward::NotDelivered(failed(e.to_string())));
+            }
+            // Delivered or not, nobody knows: retrying could apply the command twice.
+            Err(e) => return Err(Forward::Unknown(failed(e.to_string()))),
+        };
+        self.inner.health.heard_from(l);
+        let (reply, _) = rpc::decode::<RpcReply<S>>(&reply)
+            .map_err(|e| Forward::Unknown(failed(e.to_string())))?;
+        match reply {
+            RpcReply::Forward(r) => Ok(r),
+            RpcReply::Failed(e @ StoreError::ShutDown) => Err(Forward::NotDelivered(e)),
+            RpcReply::Failed(e) => Err(Forward::Unknown(e)),
+            _ => Err(Forward::Unknown(failed(
+                "unexpected reply to a forwarded request".to_string(),
+            ))),
+        }
+    }
+
+    /// Carry out a leader-only operation on this member, which must be the leader.
+    async fn execute_local(
+        &self,
+        op: ForwardOp<S>,
+        deadline: Deadline,
+    ) -> Result<ForwardOutput<S>, StoreError> {
+        let m = self.metrics();
+        if m.state != ServerState::Leader {
+            return Err(StoreError::NotLeader {
+                leader: m.current_leader.filter(|l| *l != self.inner.id),
+            });
+        }
+        self.check_lease(&m)?;
+        let raft = &self.inner.raft;
+        match op {
+            ForwardOp::Write(req) => {
+                let resp = self.guarded(raft.client_write(req), deadline).await?;
+                Ok(ForwardOutput::Write {
+                    index: resp.log_id.index,
+                    response: resp.data,
+                })
+            }
+            ForwardOp::AddLearner { id, member } => {
+                let resp = self
+                    .guarded(raft.add_learner(id, member, false), deadline)
+                    .await?;
+                self.wait_caught_up(id, resp.log_id.index, deadline).await?;
+                tracing::info!(learner = id, "learner added and caught up");
+                Ok(ForwardOutput::Done)
+            }
+            ForwardOp::ChangeVoters { voters } => {
+                self.guarded(raft.change_membership(voters.clone(), false), deadline)
+                    .await?;
+                tracing::info!(?voters, "voters changed");
+                Ok(ForwardOutput::Done)
+            }
+            ForwardOp::RemoveMember { id } => {
+                let membership = m.membership_config.membership();
+                let is_voter = membership.voter_ids().any(|v| v == id);
+                let is_member = membership.get_node(&id).is_some();
+                let change = if is_voter {
+                    if membership.voter_ids().all(|v| v == id) {
+                        return Err(StoreError::InvalidArgument {
+                            field: "id".to_string(),
+                            reason: format!("{id} is the last voter; a cluster needs at least one"),
+                        });
+                    }
+                    ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+                } else if is_member {
+                    ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+                } else {
+                    return Ok(ForwardOutput::Done);
+                };
+                self.guarded(raft.change_membership(change, false), deadline)
+                    .await?;
+                tracing::info!(member = id, "member removed");
+                Ok(ForwardOutput::Done)
+            }
+        }
+    }
+
+    /// Await a Raft proposal, giving up when the leader loses its majority or the deadline
+    /// passes.
+    async fn guarded<T>(
+        &self,
+        fut: impl Future<Output = Result<T, RaftError<u64, ClientWriteError<u64, MemberInfo>>>>,
+        deadline: Deadline,
+    ) -> Result<T, StoreError> {
+        let fut = std::pin::pin!(fut);
+        let mut fut = fut;
+        let lease = self.inner.cfg.quorum_lease();
+        let mut ticker = tokio::time::interval(self.inner.cfg.poll_interval());
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut unacked_since: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                r = &mut fut => return r.map_err(map_write_error),
+                _ = ticker.tick() => {
+                    if deadline.passed() {
+                        return Err(deadline.timeout());
+                    }
+                    let m = self.metrics();
+                    if m.state == ServerState::Leader {
+                        self.check_lease(&m)?;
+                        // A new leader that never heard back from a majority.
+                        if m.millis_since_quorum_ack.is_none() {
+                            let since = *unacked_since.get_or_insert_with(Instant::now);
+                            if since.elapsed() > lease {
+                                return Err(self.no_quorum(&m));
+                            }
+                        } else {
+                            unacked_since = None;
+                        }
+                    }
+                    // Not leader any more: openraft answers the pending proposal itself.
+                }
+            }
+        }
+    }
+
+    /// Read-your-writes: wait (briefly) until this member has applied `index` too.
+    async fn wait_applied(&self, index: u64, deadline: Deadline) {
+        let limit = deadline.remaining().min(self.inner.cfg.leader_grace());
+        let mut rx = self.inner.raft.metrics();
+        let reached = tokio::time::timeout(limit, async {
+            loop {
+                if rx
+                    .borrow_and_update()
+                    .last_applied
+                    .is_some_and(|l| l.index >= index)
+                {
+                    return;
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        if reached.is_err() {
+            tracing::debug!(index, "write applied on the leader but not yet here");
+        }
+    }
+
+    /// Wait until member `id` has replicated the log up to `index`.
+    async fn wait_caught_up(
+        &self,
+        id: u64,
+        index: u64,
+        deadline: Deadline,
+    ) -> Result<(), StoreError> {
+        let mut rx = self.inner.raft.metrics();
+        loop {
+            {
+                let m = rx.borrow_and_update();
+                if m.state != ServerState::Leader {
+                    tracing::warn!(
+                        learner = id,
+                        "lost leadership while the learner was catching up"
+                    );
+                    return Ok(());
+                }
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(&id).cloned().flatten())
+                    .map(|l| l.index);
+                if matched.is_some_and(|i| i >= index) {
+                    return Ok(());
+                }
+            }
+            match tokio::time::timeout(deadline.remaining(), rx.changed()).await {
+                Err(_) => return Err(deadline.timeout()),
+                Ok(Err(_)) => return Err(StoreError::ShutDown),
+                Ok(Ok(())) => {}
+            }
+        }
+    }
+
+    async fn dispatch(&self, payload: &[u8]) -> RpcReply<S> {
+        if self.inner.shut_down.load(Ordering::SeqCst) {
+            return RpcReply::Failed(StoreError::ShutDown);
+        }
+        let (req, tail) = match rpc::decode::<RpcRequest<S>>(payload) {
+            Ok(x) => x,
+            Err(e) => return RpcReply::Failed(e),
+        };
+        let raft = &self.inner.raft;
+        match req {
+            RpcRequest::Append(r) => {
+                if let Some(from) = r.vote.leader_id().voted_for() {
+                    self.inner.health.heard_from(from);
+                }
+                RpcReply::Append(raft.append_entries(r).await)
+            }
+            RpcRequest::Vote(r) => {
+                if let Some(from) = r.vote.leader_id().voted_for() {
+                    self.inner.health.heard_from(from);
+                }
+                RpcReply::Vote(raft.vote(r).await)
+            }
+            RpcRequest::InstallSnapshot(r) => {
+                RpcReply::InstallSnapshot(raft.install_snapshot(r).await)
+            }
+            RpcRequest::FullSnapshot { vote, meta } => {
+                tracing::info!(last_log = ?meta.last_log_id, bytes = tail.len(), "receiving snapshot");
+                let snapshot = Snapshot {
+                    meta,
+                    snapshot: Box::new(Cursor::new(tail.to_vec())),
+                };
+                RpcReply::FullSnapshot(raft.install_full_snapshot(vote, snapshot).await)
+            }
+            RpcRequest::Forward(op) => {
+                let budget = match op {
+                    ForwardOp::Write(_) => self.inner.cfg.write_timeout,
+                    _ => self.inner.cfg.membership_timeout,
+                };
+                RpcReply::Forward(self.execute_local(op, Deadline::new(budget)).await)
+            }
+        }
+    }
+}
+
+impl<S: StateMachine> RpcHandler for Store<S> {
+    fn handle_rpc(&self, payload: Vec<u8>) -> BoxFuture<'static, Vec<u8>> {
+        let store = self.clone();
+        Box::pin(async move { store.handle_rpc(payload).await })
+    }
+}
+
+struct WeakHandler<S: StateMachine> {
+    inner: Weak<Inner<S>>,
+}
+
+impl<S: StateMachine> RpcHandler for WeakHandler<S> {
+    fn handle_rpc(&self, payload: Vec<u8>) -> BoxFuture<'static, Vec<u8>> {
+        let inner = self.inner.upgrade();
+        Box::pin(async move {
+            match inner {
+                Some(inner) => Store { inner }.handle_rpc(payload).await,
+                None => rpc::encode(&RpcReply::<S>::Failed(StoreError::ShutDown), &[])
+                    .unwrap_or_default(),
+            }
+        })
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    std::fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| StoreError::storage(dir, format!("cannot sync: {e}")))
+}
+
+/// Write `bytes` to `path` atomically (temporary file, fsync, rename, fsync of the directory).
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let tmp = path.with_extension("tmp");
+    let res = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    })();
+    if let Err(e) = res {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(StoreError::storage(path, format!("cannot write: {e}")));
+    }
+    if let Some(parent) = path.parent() {
+        sync_dir(parent)?;
+    }
+    Ok(())
+}

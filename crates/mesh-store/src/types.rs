@@ -1,0 +1,97 @@
+//! The openraft type configuration for a given state machine, and the log entry payloads.
+
+use std::cmp::Ordering;
+use std::fmt;
+use std::io::Cursor;
+use std::marker::PhantomData;
+
+use serde::Deserialize;
+use serde::Serialize;
+
+use crate::MemberInfo;
+use crate::StateMachine;
+
+/// openraft type configuration of a store over the state machine `S`.
+pub(crate) struct Cfg<S>(PhantomData<fn() -> S>);
+
+impl<S> Clone for Cfg<S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<S> Copy for Cfg<S> {}
+impl<S> Default for Cfg<S> {
+    fn default() -> Self {
+        Cfg(PhantomData)
+    }
+}
+impl<S> PartialEq for Cfg<S> {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl<S> Eq for Cfg<S> {}
+impl<S> PartialOrd for Cfg<S> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl<S> Ord for Cfg<S> {
+    fn cmp(&self, _: &Self) -> Ordering {
+        Ordering::Equal
+    }
+}
+impl<S> fmt::Debug for Cfg<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Cfg")
+    }
+}
+
+impl<S: StateMachine> openraft::RaftTypeConfig for Cfg<S> {
+    type D = Request<S::Command>;
+    type R = Response<S::Output>;
+    type NodeId = u64;
+    type Node = MemberInfo;
+    type Entry = openraft::Entry<Self>;
+    type SnapshotData = Cursor<Vec<u8>>;
+    type AsyncRuntime = openraft::TokioRuntime;
+    type Responder = openraft::impls::OneshotResponder<Self>;
+}
+
+/// Payload of a normal log entry. The application only ever sees `App` commands.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(bound(
+    serialize = "C: Serialize",
+    deserialize = "C: serde::de::DeserializeOwned"
+))]
+pub(crate) enum Request<C> {
+    /// An application command.
+    App(C),
+    /// Replace the whole state with this serialized state (written by `force_new_cluster`).
+    Restore {
+        /// The state, serialized with serde_json.
+        state_json: String,
+    },
+}
+
+/// What applying an entry produced.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(bound(
+    serialize = "O: Serialize",
+    deserialize = "O: serde::de::DeserializeOwned"
+))]
+pub(crate) enum Response<O> {
+    /// Output of an application command.
+    App(O),
+    /// Entries without an application output (blank, membership, restore).
+    None,
+}
+
+pub(crate) type Entry<S> = openraft::Entry<Cfg<S>>;
+pub(crate) type LogId = openraft::LogId<u64>;
+pub(crate) type Vote = openraft::Vote<u64>;
+pub(crate) type SnapshotMeta = openraft::SnapshotMeta<u64, MemberInfo>;
+pub(crate) type StoredMembership = openraft::StoredMembership<u64, MemberInfo>;
+pub(crate) type StorageError = openraft::StorageError<u64>;
+pub(crate) type Raft<S> = openraft::Raft<Cfg<S>>;
+pub(crate) type Metrics = openraft::RaftMetrics<u64, MemberInfo>;
