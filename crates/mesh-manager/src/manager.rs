@@ -154,6 +154,14 @@ fn ca_of(cluster: &Cluster) -> CaMaterial {
     }
 }
 
+/// The validity window of a certificate issued at `now` for `validity` ms: it starts a
+/// little in the past (tolerating clock skew between nodes, at most a minute and at most a
+/// tenth of the lifetime) and still lasts `validity` from now. Returns (not_before, length).
+pub fn cert_window(now: u64, validity: u64) -> (u64, u64) {
+    let skew = (validity / 10).min(60_000);
+    (now.saturating_sub(skew), validity + skew)
+}
+
 fn cert_validity(cluster: &Cluster) -> u64 {
     if cluster.spec.node_cert_expiry_ms == 0 {
         mesh_api::cluster::DEFAULT_NODE_CERT_EXPIRY_MS
@@ -427,14 +435,15 @@ impl Manager {
         }
         let now = now_ms();
         let node_id = new_id();
+        let (not_before, validity) = cert_window(now, cert_validity(&cluster));
         let cert_pem = mesh_pki::sign_node_cert(
             &ca_of(&cluster),
             &req.csr_pem,
             &node_id,
             role,
             &cluster.id,
-            now.saturating_sub(60_000),
-            cert_validity(&cluster),
+            not_before,
+            validity,
         )
         .map_err(|e| ManagerError::Pki(e.to_string()))?;
         let node = Node {
@@ -567,14 +576,15 @@ impl Manager {
         } else {
             node.spec.role
         };
+        let (not_before, validity) = cert_window(now_ms(), cert_validity(&cluster));
         let cert_pem = mesh_pki::sign_node_cert(
             &ca_of(&cluster),
             &req.csr_pem,
             &id,
             role,
             &cluster.id,
-            now_ms().saturating_sub(60_000),
-            cert_validity(&cluster),
+            not_before,
+            validity,
         )
         .map_err(|e| ManagerError::Pki(e.to_string()))?;
         info!(node = %id, %role, "issued node certificate");
@@ -634,15 +644,16 @@ impl Manager {
             if !member {
                 continue;
             }
-            if probe && n.id != self.cfg.node_id {
-                if let Ok(addr) = n.control_addr.parse::<SocketAddr>() {
-                    let t = Arc::clone(&self.transport);
-                    probes.push((i, async move {
-                        t.call(addr, rpc::PING, Vec::new(), Duration::from_millis(700))
-                            .await
-                            .is_ok()
-                    }));
-                }
+            if probe
+                && n.id != self.cfg.node_id
+                && let Ok(addr) = n.control_addr.parse::<SocketAddr>()
+            {
+                let t = Arc::clone(&self.transport);
+                probes.push((i, async move {
+                    t.call(addr, rpc::PING, Vec::new(), Duration::from_millis(700))
+                        .await
+                        .is_ok()
+                }));
             }
         }
         let results =

@@ -30,7 +30,7 @@ use mesh_api::NodeRole;
 use mesh_pki::NodeCredentials;
 
 pub use error::{CallError, RemoteError, TransportError};
-pub use tls::{ALPN, IDLE_TIMEOUT, KEEP_ALIVE};
+pub use tls::{ALPN, IDLE_TIMEOUT, KEEP_ALIVE, api_server_config};
 pub use transport::{Transport, call_anonymous, fetch_ca_insecure, fetch_ca_pinned};
 pub use wire::{MAX_MESSAGE_SIZE, MAX_METHOD_LEN};
 

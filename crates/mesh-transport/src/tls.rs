@@ -285,3 +285,24 @@ impl ServerCertVerifier for AnyServerVerifier {
         self.algorithms.supported_schemes()
     }
 }
+
+/// TLS server configuration for the control API over TCP (`meshd --remote-api-addr`):
+/// presents the node certificate, and REQUIRES a client certificate chaining to the
+/// cluster CA. The caller checks the client's role after the handshake.
+pub fn api_server_config(identity: &Identity) -> Result<Arc<rustls::ServerConfig>, TransportError> {
+    let provider = provider();
+    let verifier = WebPkiClientVerifier::builder_with_provider(
+        roots(&identity.ca_cert_pem)?,
+        provider.clone(),
+    )
+    .build()
+    .map_err(tls_err)?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(tls_err)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain(identity)?, parse_key(&identity.key_pem)?)
+        .map_err(|e| identity_err("key_pem", e.to_string()))?;
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(tls))
+}

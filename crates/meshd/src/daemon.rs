@@ -208,6 +208,16 @@ impl Daemon {
             .ok_or_else(|| api_err(ErrorKind::NotManager, WORKER_NODE))
     }
 
+    /// This node's TLS identity, when it is part of a cluster.
+    pub fn identity(&self) -> Option<Identity> {
+        self.active().map(|a| identity(&a.creds()))
+    }
+
+    /// This node's cluster ID, when it is part of a cluster.
+    pub fn cluster_id(&self) -> Option<String> {
+        self.active().map(|a| a.local().cluster_id)
+    }
+
     /// Picks up a cluster membership saved in the data dir (after a restart).
     pub async fn resume(self: &Arc<Self>) -> anyhow::Result<()> {
         let _g = self.lifecycle.lock().await;
@@ -323,10 +333,11 @@ impl Daemon {
             }
             info!("manager plane stopped");
         }
-        if wipe && let Err(e) = std::fs::remove_dir_all(self.dir.raft()) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                warn!(error = %e, "could not remove the Raft directory");
-            }
+        if wipe
+            && let Err(e) = std::fs::remove_dir_all(self.dir.raft())
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            warn!(error = %e, "could not remove the Raft directory");
         }
     }
 
@@ -399,10 +410,10 @@ impl Daemon {
         let expiry = req
             .cert_expiry_ms
             .unwrap_or(mesh_api::cluster::DEFAULT_NODE_CERT_EXPIRY_MS);
-        if expiry < 60_000 {
+        if expiry < 10_000 {
             return Err(api_err(
                 ErrorKind::InvalidArgument,
-                "invalid --cert-expiry: shorter than one minute; use at least 1m (default 90d)",
+                "invalid --cert-expiry: shorter than 10 seconds; use at least 10s (default 90d)",
             ));
         }
         let node_id = mesh_api::new_id();
@@ -425,14 +436,15 @@ impl Daemon {
         .map_err(ErrorBody::from)?;
         let key = NodeKey::generate().map_err(internal)?;
         let csr = key.csr_pem().map_err(internal)?;
+        let (not_before, validity) = mesh_manager::manager::cert_window(now, expiry);
         let cert_pem = mesh_pki::sign_node_cert(
             &nc.ca,
             &csr,
             &node_id,
             NodeRole::Manager,
             &nc.cluster.id,
-            now.saturating_sub(60_000),
-            expiry,
+            not_before,
+            validity,
         )
         .map_err(internal)?;
         let creds = NodeCredentials {

@@ -5,6 +5,7 @@ mod api;
 mod config;
 mod daemon;
 mod local;
+mod remote;
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::ExitCode;
@@ -91,6 +92,23 @@ async fn run(cfg: config::Config) -> anyhow::Result<()> {
             })
             .await
     });
+    if let Some(addr) = cfg.remote_api_addr {
+        let remote = tokio::spawn(remote::serve(
+            d.clone(),
+            addr,
+            api::router(d.clone()),
+            stop_tx.subscribe(),
+        ));
+        // Fail early if the port can't be bound.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        if remote.is_finished() {
+            match remote.await {
+                Ok(Err(e)) => return Err(e),
+                Ok(Ok(())) => {}
+                Err(e) => return Err(anyhow::anyhow!("remote API task failed: {e}")),
+            }
+        }
+    }
     info!(socket = %cfg.socket.display(), listen = %cfg.listen_addr, "meshd is up");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 
