@@ -58,14 +58,65 @@ impl<S: StateMachine> openraft::RaftTypeConfig for Cfg<S> {
     type Responder = openraft::impls::OneshotResponder<Self>;
 }
 
-/// Payload of a normal log entry. The application only ever sees `App` commands.
+/// Identifies one [`Store::write`](crate::Store::write) call across the members it is sent to.
+///
+/// Random, so members never need to agree on how ids are made; travels as 32 hexadecimal
+/// digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct RequestId(pub(crate) u128);
+
+impl RequestId {
+    /// A fresh random id.
+    pub(crate) fn random() -> Self {
+        Self(rand::random())
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+impl Serialize for RequestId {
+    fn serialize<Ser: serde::Serializer>(&self, s: Ser) -> Result<Ser::Ok, Ser::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for RequestId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.len() != 32 {
+            return Err(serde::de::Error::custom(format!(
+                "request id `{s}` is not 32 hexadecimal digits"
+            )));
+        }
+        u128::from_str_radix(&s, 16).map(RequestId).map_err(|e| {
+            serde::de::Error::custom(format!("request id `{s}` is not hexadecimal: {e}"))
+        })
+    }
+}
+
+/// Payload of a normal log entry. The application only ever sees the commands of `Cmd` and
+/// `App` entries.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(bound(
     serialize = "C: Serialize",
     deserialize = "C: serde::de::DeserializeOwned"
 ))]
 pub(crate) enum Request<C> {
-    /// An application command.
+    /// An application command, tagged with the id of the `write` that submitted it. The state
+    /// machine applies a given id once (see `sm::RecentRequests`), however many times the
+    /// entry was sent.
+    Cmd {
+        /// Id of the `write` call.
+        id: RequestId,
+        /// The application command.
+        cmd: C,
+    },
+    /// An application command without a request id (entries written before request ids
+    /// existed); applied every time it appears.
     App(C),
     /// Replace the whole state with this serialized state (written by `force_new_cluster`).
     Restore {
