@@ -52,6 +52,26 @@ fn wrong_rotated_and_foreign_tokens_are_refused() {
         &["join", "--token", "SWMTKN-1-nonsense", "192.0.2.1:2377"],
     );
     assert!(err.contains("--token"), "{err}");
+    // Bad addresses.
+    let err = fails(&lab, 2, &["join", "--token", &old, "not an address"]);
+    assert!(err.contains("address"), "{err}");
+    let err = fails(
+        &lab,
+        2,
+        &[
+            "join",
+            "--token",
+            &old,
+            "--advertise-addr",
+            "x.y",
+            "192.0.2.1",
+        ],
+    );
+    assert!(err.contains("--advertise-addr"), "{err}");
+    // Nothing answers there: a clear error, and the node stays out of any cluster.
+    let err = fails(&lab, 2, &["join", "--token", &old, "192.0.2.99:2377"]);
+    assert!(err.contains("192.0.2.99"), "{err}");
+    assert_eq!(info(&lab, 2).unwrap().local_node_state, "inactive");
 
     // Rotated: the old token stops working, the new one works.
     let out = ok(&lab, 1, &["join-token", "--rotate", "worker"]);
@@ -355,6 +375,17 @@ fn killed_worker_goes_down_and_comes_back() {
     .unwrap();
     lab.start_daemon(3).unwrap();
     wait_ready(&lab, 1, 3);
+    // A frozen daemon (SIGSTOP) is as silent as a dead one.
+    lab.pause(2);
+    lab.wait_until("paused host2 down", CONVERGE, || {
+        let n = nodes(&lab, 1)?
+            .into_iter()
+            .find(|n| n.description.hostname == "host2")?;
+        (n.status.state == NodeState::Down).then_some(())
+    })
+    .unwrap();
+    lab.resume(2);
+    wait_ready(&lab, 1, 3);
     // A worker that left can be removed.
     ok(&lab, 3, &["leave"]);
     let err = fails(&lab, 1, &["node", "rm", "host1"]);
@@ -397,4 +428,45 @@ fn force_new_cluster_recovers_from_lost_quorum() {
     assert_eq!(ls.get("before").map(String::as_str), Some("loss"));
     let inf = info(&lab, 1).unwrap();
     assert_eq!(inf.managers, 1);
+}
+
+#[test]
+fn demoting_the_leader_hands_over_and_it_can_come_back() {
+    if !can_run() {
+        return;
+    }
+    let lab = lab(3);
+    form_cluster(&lab, 3);
+    three_managers(&lab);
+    let leader = leader_host(&lab, 1).unwrap();
+    let other = (1..=3).find(|i| *i != leader).unwrap();
+    ok(&lab, leader, &["node", "demote", &format!("host{leader}")]);
+    lab.wait_until(
+        "old leader is a worker, two managers remain",
+        CONVERGE,
+        || {
+            let inf = info(&lab, other)?;
+            let old = info(&lab, leader)?;
+            (inf.managers == 2 && !old.control_available && leader_host(&lab, other)? != leader)
+                .then_some(())
+        },
+    )
+    .unwrap();
+    ok(
+        &lab,
+        other,
+        &["node", "update", "--label-add", "handover=done", "host1"],
+    );
+    // Promote it again: it rejoins Raft from scratch and catches up.
+    ok(&lab, other, &["node", "promote", &format!("host{leader}")]);
+    lab.wait_until("three managers again", CONVERGE, || {
+        let inf = info(&lab, leader)?;
+        (inf.control_available && inf.managers == 3).then_some(())
+    })
+    .unwrap();
+    lab.wait_until("re-promoted manager has the state", CONVERGE, || {
+        let ls = labels(&lab, leader, "host1")?;
+        (ls.get("handover").map(String::as_str) == Some("done")).then_some(())
+    })
+    .unwrap();
 }

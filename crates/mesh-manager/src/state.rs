@@ -11,6 +11,9 @@ use mesh_api::node::NodeUpdate;
 use mesh_api::{Cluster, Node, NodeDescription, NodeRole, NodeSpec, NodeState};
 use serde::{Deserialize, Serialize};
 
+/// Most managers a cluster may have (Raft gets slower, not safer, beyond this).
+pub const MAX_MANAGERS: usize = 7;
+
 /// Everything the managers replicate.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterState {
@@ -245,6 +248,14 @@ impl ClusterState {
                         format!("node {} already exists", node.id),
                     );
                 }
+                if node.spec.role == NodeRole::Manager && self.desired_managers() >= MAX_MANAGERS {
+                    return reject(
+                        RejectKind::FailedPrecondition,
+                        format!(
+                            "the cluster already has {MAX_MANAGERS} managers, the most it supports; join with the worker token instead"
+                        ),
+                    );
+                }
                 let mut node = *node;
                 node.version = index;
                 let id = node.id.clone();
@@ -291,6 +302,18 @@ impl ClusterState {
                         format!(
                             "node {id} changed while this update was prepared (version {} now, {v} expected); retry the command",
                             node.version
+                        ),
+                    );
+                }
+                if node.spec.role == NodeRole::Worker
+                    && spec.role == NodeRole::Manager
+                    && managers >= MAX_MANAGERS
+                {
+                    return reject(
+                        RejectKind::FailedPrecondition,
+                        format!(
+                            "cannot promote {}: the cluster already has {MAX_MANAGERS} managers, the most it supports; demote one first",
+                            node.description.hostname
                         ),
                     );
                 }
@@ -587,6 +610,52 @@ pub(crate) mod tests {
             .unwrap_err();
         assert!(e.message.contains("missing"));
         assert_eq!(s, before);
+    }
+
+    #[test]
+    fn at_most_seven_managers() {
+        let mut s = init();
+        for i in 2..=7 {
+            s.apply(
+                i,
+                Command::CreateNode {
+                    node: Box::new(node(&format!("m{i}"), "h", NodeRole::Manager)),
+                },
+            )
+            .unwrap();
+        }
+        assert_eq!(s.desired_managers(), MAX_MANAGERS);
+        let e = s
+            .apply(
+                20,
+                Command::CreateNode {
+                    node: Box::new(node("m8", "h8", NodeRole::Manager)),
+                },
+            )
+            .unwrap_err();
+        assert!(e.message.contains("worker token"), "{}", e.message);
+        s.apply(
+            21,
+            Command::CreateNode {
+                node: Box::new(node("w", "hw", NodeRole::Worker)),
+            },
+        )
+        .unwrap();
+        let e = s
+            .apply(
+                22,
+                Command::UpdateNode {
+                    id: "w".into(),
+                    update: NodeUpdate {
+                        role: Some(NodeRole::Manager),
+                        ..Default::default()
+                    },
+                    now: 1,
+                },
+            )
+            .unwrap_err();
+        assert!(e.message.contains("demote one first"), "{}", e.message);
+        assert_eq!(s.nodes["w"].spec.role, NodeRole::Worker);
     }
 
     #[test]

@@ -107,6 +107,12 @@ impl StoreConfig {
         Duration::from_millis(self.election_max_ms)
     }
 
+    /// The longest a follower waits for a heartbeat before it may start an election; a
+    /// leader not heard from for this long is presumed gone.
+    pub(crate) fn election_timeout(&self) -> Duration {
+        Duration::from_millis(self.election_max_ms)
+    }
+
     /// How long a write waits for a reachable leader before answering "no quorum": long
     /// enough for followers to notice a dead leader and elect a new one.
     pub(crate) fn leader_grace(&self) -> Duration {

@@ -56,6 +56,15 @@ pub(crate) enum ForwardOp<S: StateMachine> {
     RemoveMember { id: u64 },
 }
 
+impl<S: StateMachine> ForwardOp<S> {
+    /// Whether the operation may be sent again while an earlier sending may still be carried
+    /// out: true for application writes with a request id, which the state machine applies
+    /// once however many times they reach the log.
+    pub(crate) fn resendable(&self) -> bool {
+        matches!(self, ForwardOp::Write(Request::Cmd { .. }))
+    }
+}
+
 impl<S: StateMachine> Clone for ForwardOp<S> {
     fn clone(&self) -> Self {
         match self {

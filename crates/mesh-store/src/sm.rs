@@ -2,7 +2,13 @@
 //!
 //! The state lives in memory; durability comes from the snapshot files plus the Raft log (the
 //! log is replayed up to the committed index at start-up).
+//!
+//! Next to the application's state, the replicated state holds [`RecentRequests`]: the ids of
+//! the last [`RECENT_REQUESTS`] writes and their outputs, so that a write sent twice (its
+//! forward abandoned when the leader changed, then sent to the new leader) is applied once.
 
+use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::io::Cursor;
 use std::io::Write;
 use std::path::Path;
@@ -21,6 +27,8 @@ use openraft::RaftSnapshotBuilder;
 use openraft::Snapshot;
 use openraft::StorageIOError;
 use openraft::storage::RaftStateMachine;
+use serde::Deserialize;
+use serde::Serialize;
 use tokio::sync::broadcast;
 
 use crate::StateMachine;
@@ -30,6 +38,7 @@ use crate::types::Cfg;
 use crate::types::Entry;
 use crate::types::LogId;
 use crate::types::Request;
+use crate::types::RequestId;
 use crate::types::Response;
 use crate::types::SnapshotMeta;
 use crate::types::StorageError;
@@ -41,13 +50,177 @@ const SNAP_PREFIX: &str = "snapshot-";
 const SNAP_SUFFIX: &str = ".snap";
 const TMP_PREFIX: &str = ".tmp-";
 const MAGIC: &[u8; 8] = b"MESHSNAP";
-const VERSION: u32 = 1;
+/// Format of the snapshot data: 1 was the application state alone, 2 is [`SnapshotData`] (the
+/// state and the recent requests). Files of version 1 are still read.
+const VERSION: u32 = 2;
 /// Capacity of the event channel; a slower subscriber gets `Lagged` and should re-read.
 const EVENT_CAPACITY: usize = 4096;
+/// How many of the latest writes the replicated state remembers, so that one sent twice is
+/// applied once. Every member must use the same number: it is part of the state machine.
+pub(crate) const RECENT_REQUESTS: usize = 10_000;
+
+/// The ids of the most recently applied writes and what applying them returned, oldest first.
+///
+/// Part of the replicated state: every member updates it in log order, from the log alone,
+/// and it travels in snapshots, so all members recognise the same duplicates and answer them
+/// with the same output.
+pub(crate) struct RecentRequests<O> {
+    order: VecDeque<RequestId>,
+    outputs: HashMap<RequestId, O>,
+    capacity: usize,
+}
+
+impl<O> Default for RecentRequests<O> {
+    fn default() -> Self {
+        Self::with_capacity(RECENT_REQUESTS)
+    }
+}
+
+impl<O> RecentRequests<O> {
+    fn with_capacity(capacity: usize) -> Self {
+        Self {
+            order: VecDeque::new(),
+            outputs: HashMap::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// What applying `id` returned, if it is among the recent requests.
+    pub(crate) fn get(&self, id: &RequestId) -> Option<&O> {
+        self.outputs.get(id)
+    }
+
+    /// Remember that `id` was applied and returned `output`, forgetting the oldest request
+    /// beyond the capacity.
+    fn insert(&mut self, id: RequestId, output: O) {
+        if self.outputs.insert(id, output).is_some() {
+            return;
+        }
+        self.order.push_back(id);
+        while self.order.len() > self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.outputs.remove(&old);
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.order.clear();
+        self.outputs.clear();
+    }
+
+    /// How many requests are remembered.
+    pub(crate) fn len(&self) -> usize {
+        self.order.len()
+    }
+}
+
+/// Serialized as a list of `[id, output]`, oldest first.
+impl<O: Serialize> Serialize for RecentRequests<O> {
+    fn serialize<Ser: serde::Serializer>(&self, s: Ser) -> Result<Ser::Ok, Ser::Error> {
+        s.collect_seq(
+            self.order
+                .iter()
+                .filter_map(|id| self.outputs.get(id).map(|o| (id, o))),
+        )
+    }
+}
+
+impl<'de, O: Deserialize<'de>> Deserialize<'de> for RecentRequests<O> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let list = Vec::<(RequestId, O)>::deserialize(d)?;
+        let mut recent = Self::default();
+        for (id, output) in list {
+            recent.insert(id, output);
+        }
+        Ok(recent)
+    }
+}
+
+/// What applying one normal log entry did.
+pub(crate) enum Applied<O> {
+    /// The command was applied and produced this output.
+    Fresh(O),
+    /// The request had been applied before; this is what it returned then.
+    Duplicate(O),
+    /// The whole state was replaced by a restore entry.
+    Replaced,
+}
+
+/// Apply a normal log entry to the replicated state. Deterministic: the outcome depends only
+/// on the state and the entry, so every member reaches the same state.
+pub(crate) fn apply_request<S: StateMachine>(
+    state: &mut S,
+    recent: &mut RecentRequests<S::Output>,
+    index: u64,
+    req: Request<S::Command>,
+) -> Result<Applied<S::Output>, String> {
+    match req {
+        Request::Cmd { id, cmd } => {
+            if let Some(first) = recent.get(&id) {
+                return Ok(Applied::Duplicate(first.clone()));
+            }
+            let output = state.apply(index, cmd);
+            recent.insert(id, output.clone());
+            Ok(Applied::Fresh(output))
+        }
+        Request::App(cmd) => Ok(Applied::Fresh(state.apply(index, cmd))),
+        Request::Restore { state_json } => {
+            *state = serde_json::from_str(&state_json)
+                .map_err(|e| format!("cannot decode the restored state: {e}"))?;
+            // A new history starts here; every member forgets the old requests alike.
+            recent.clear();
+            Ok(Applied::Replaced)
+        }
+    }
+}
+
+/// The snapshot data (format [`VERSION`] 2), as written.
+#[derive(Serialize)]
+#[serde(bound = "")]
+struct SnapshotDataRef<'a, S: StateMachine> {
+    state: &'a S,
+    recent_requests: &'a RecentRequests<S::Output>,
+}
+
+/// The snapshot data (format [`VERSION`] 2), as read.
+#[derive(Deserialize)]
+#[serde(bound = "")]
+struct SnapshotData<S: StateMachine> {
+    state: S,
+    recent_requests: RecentRequests<S::Output>,
+}
+
+fn encode_state<S: StateMachine>(
+    state: &S,
+    recent: &RecentRequests<S::Output>,
+) -> Result<Vec<u8>, serde_json::Error> {
+    serde_json::to_vec(&SnapshotDataRef::<S> {
+        state,
+        recent_requests: recent,
+    })
+}
+
+/// Decode snapshot data of format `version`.
+fn decode_state<S: StateMachine>(
+    version: u32,
+    data: &[u8],
+) -> Result<(S, RecentRequests<S::Output>), String> {
+    match version {
+        1 => serde_json::from_slice(data)
+            .map(|state| (state, RecentRequests::default()))
+            .map_err(|e| format!("cannot decode the snapshot's state: {e}")),
+        VERSION => serde_json::from_slice::<SnapshotData<S>>(data)
+            .map(|d| (d.state, d.recent_requests))
+            .map_err(|e| format!("cannot decode the snapshot's state: {e}")),
+        other => Err(format!("unsupported snapshot version {other}")),
+    }
+}
 
 /// The applied state and what Raft needs to know about it.
-pub(crate) struct SmData<S> {
+pub(crate) struct SmData<S: StateMachine> {
     pub(crate) state: S,
+    pub(crate) recent: RecentRequests<S::Output>,
     pub(crate) last_applied: Option<LogId>,
     pub(crate) membership: StoredMembership,
 }
@@ -77,23 +250,30 @@ impl<S: StateMachine> SmShared<S> {
             None => (
                 SmData {
                     state: S::default(),
+                    recent: RecentRequests::default(),
                     last_applied: None,
                     membership: StoredMembership::default(),
                 },
                 None,
             ),
-            Some((meta, bytes, path)) => {
-                let state: S = serde_json::from_slice(&bytes).map_err(|e| {
-                    StoreError::storage(&path, format!("cannot decode the snapshot's state: {e}"))
-                })?;
+            Some(SnapshotOnDisk {
+                meta,
+                version,
+                data,
+                path,
+            }) => {
+                let (state, recent) =
+                    decode_state::<S>(version, &data).map_err(|e| StoreError::storage(&path, e))?;
                 tracing::info!(
                     snapshot = %path.display(),
                     last_log = ?meta.last_log_id,
+                    recent_requests = recent.len(),
                     "state loaded from snapshot"
                 );
                 (
                     SmData {
                         state,
+                        recent,
                         last_applied: meta.last_log_id,
                         membership: meta.last_membership.clone(),
                     },
@@ -157,7 +337,14 @@ impl<S: StateMachine> SmShared<S> {
                 Some(c) => c.path.clone(),
             }
         };
-        let (meta, data) = read_snapshot_file(&path)?;
+        let (meta, version, data) = read_snapshot_file(&path)?;
+        if version == VERSION {
+            return Ok(Some((meta, data)));
+        }
+        // An older file: members receive the current format.
+        let (state, recent) =
+            decode_state::<S>(version, &data).map_err(|e| format!("{}: {e}", path.display()))?;
+        let data = encode_state(&state, &recent).map_err(|e| e.to_string())?;
         Ok(Some((meta, data)))
     }
 }
@@ -188,7 +375,7 @@ impl<S: StateMachine> RaftSnapshotBuilder<Cfg<S>> for SmStore<S> {
     async fn build_snapshot(&mut self) -> Result<Snapshot<Cfg<S>>, StorageError> {
         let (data, last_applied, membership) = {
             let guard = self.shared.data.read().unwrap_or_else(|e| e.into_inner());
-            let data = serde_json::to_vec(&guard.state)
+            let data = encode_state(&guard.state, &guard.recent)
                 .map_err(|e| StorageIOError::read_state_machine(AnyError::error(e)))?;
             (data, guard.last_applied, guard.membership.clone())
         };
@@ -228,31 +415,37 @@ impl<S: StateMachine> RaftStateMachine<Cfg<S>> for SmStore<S> {
         let mut out = Vec::new();
         let mut events = Vec::new();
         {
-            let mut d = self.shared.data.write().unwrap_or_else(|e| e.into_inner());
+            let mut guard = self.shared.data.write().unwrap_or_else(|e| e.into_inner());
+            let d = &mut *guard;
             for entry in entries {
                 let log_id = entry.log_id;
                 let index = log_id.index;
                 match entry.payload {
                     EntryPayload::Blank => out.push(Response::None),
-                    EntryPayload::Normal(Request::App(cmd)) => {
-                        let output = d.state.apply(index, cmd);
-                        events.push(StoreEvent::Applied {
-                            index,
-                            output: output.clone(),
-                        });
-                        out.push(Response::App(output));
-                    }
-                    EntryPayload::Normal(Request::Restore { state_json }) => {
-                        let state: S = serde_json::from_str(&state_json).map_err(|e| {
-                            StorageIOError::apply(
-                                log_id,
-                                AnyError::error(format!("cannot decode the restored state: {e}")),
-                            )
-                        })?;
-                        d.state = state;
-                        tracing::info!(index, "state replaced by a restore entry");
-                        events.push(StoreEvent::StateReplaced { index });
-                        out.push(Response::None);
+                    EntryPayload::Normal(req) => {
+                        let applied = apply_request(&mut d.state, &mut d.recent, index, req)
+                            .map_err(|e| StorageIOError::apply(log_id, AnyError::error(e)))?;
+                        match applied {
+                            Applied::Fresh(output) => {
+                                events.push(StoreEvent::Applied {
+                                    index,
+                                    output: output.clone(),
+                                });
+                                out.push(Response::App(output));
+                            }
+                            Applied::Duplicate(first) => {
+                                tracing::debug!(
+                                    index,
+                                    "request applied before; answering with its first output"
+                                );
+                                out.push(Response::App(first));
+                            }
+                            Applied::Replaced => {
+                                tracing::info!(index, "state replaced by a restore entry");
+                                events.push(StoreEvent::StateReplaced { index });
+                                out.push(Response::None);
+                            }
+                        }
                     }
                     EntryPayload::Membership(m) => {
                         d.membership = StoredMembership::new(Some(log_id), m);
@@ -283,11 +476,8 @@ impl<S: StateMachine> RaftStateMachine<Cfg<S>> for SmStore<S> {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
-        let state: S = serde_json::from_slice(&data).map_err(|e| {
-            StorageIOError::read_snapshot(
-                Some(meta.signature()),
-                AnyError::error(format!("cannot decode the snapshot's state: {e}")),
-            )
+        let (state, recent) = decode_state::<S>(VERSION, &data).map_err(|e| {
+            StorageIOError::read_snapshot(Some(meta.signature()), AnyError::error(e))
         })?;
         let shared = self.shared.clone();
         let m = meta.clone();
@@ -298,6 +488,7 @@ impl<S: StateMachine> RaftStateMachine<Cfg<S>> for SmStore<S> {
         {
             let mut d = self.shared.data.write().unwrap_or_else(|e| e.into_inner());
             d.state = state;
+            d.recent = recent;
             d.last_applied = meta.last_log_id;
             d.membership = meta.last_membership.clone();
         }
@@ -324,13 +515,13 @@ impl<S: StateMachine> RaftStateMachine<Cfg<S>> for SmStore<S> {
 /// was committed).
 pub(crate) fn recover_state<S: StateMachine>(dir: &Path) -> Result<S, StoreError> {
     let snap_dir = dir.join(SNAP_DIR);
-    let (mut state, mut last) = match latest_snapshot(&snap_dir)? {
-        None => (S::default(), None),
-        Some((meta, bytes, path)) => {
-            let state: S = serde_json::from_slice(&bytes).map_err(|e| {
-                StoreError::storage(&path, format!("cannot decode the snapshot's state: {e}"))
-            })?;
-            (state, meta.last_log_id.map(|l| l.index))
+    let (mut state, mut recent, mut last) = match latest_snapshot(&snap_dir)? {
+        None => (S::default(), RecentRequests::default(), None),
+        Some(snap) => {
+            let (state, recent) = decode_state::<S>(snap.version, &snap.data)
+                .map_err(|e| StoreError::storage(&snap.path, e))?;
+            let meta = snap.meta;
+            (state, recent, meta.last_log_id.map(|l| l.index))
         }
     };
     let db_path = dir.join(crate::log_store::DB_FILE);
@@ -352,15 +543,10 @@ pub(crate) fn recover_state<S: StateMachine>(dir: &Path) -> Result<S, StoreError
                 }
             }
             match entry.payload {
-                EntryPayload::Normal(Request::App(cmd)) => {
-                    state.apply(index, cmd);
-                }
-                EntryPayload::Normal(Request::Restore { state_json }) => {
-                    state = serde_json::from_str(&state_json).map_err(|e| {
-                        StoreError::storage(
-                            &db_path,
-                            format!("cannot decode restore entry {index}: {e}"),
-                        )
+                // Same rules as the live state machine: a request applied twice counts once.
+                EntryPayload::Normal(req) => {
+                    apply_request(&mut state, &mut recent, index, req).map_err(|e| {
+                        StoreError::storage(&db_path, format!("log entry {index}: {e}"))
                     })?;
                 }
                 EntryPayload::Blank | EntryPayload::Membership(_) => {}
@@ -410,7 +596,8 @@ fn take_u64(buf: &mut &[u8]) -> Result<u64, String> {
     Ok(u64::from_be_bytes(a))
 }
 
-fn decode_snapshot(bytes: &[u8]) -> Result<(SnapshotMeta, Vec<u8>), String> {
+/// Split a snapshot file into its meta, its data format version and its data.
+fn decode_snapshot(bytes: &[u8]) -> Result<(SnapshotMeta, u32, Vec<u8>), String> {
     let mut buf = bytes;
     if take(&mut buf, 8)? != MAGIC {
         return Err("not a snapshot file (bad magic)".into());
@@ -418,8 +605,10 @@ fn decode_snapshot(bytes: &[u8]) -> Result<(SnapshotMeta, Vec<u8>), String> {
     let mut v = [0u8; 4];
     v.copy_from_slice(take(&mut buf, 4)?);
     let version = u32::from_be_bytes(v);
-    if version != VERSION {
-        return Err(format!("unsupported snapshot version {version}"));
+    if !(1..=VERSION).contains(&version) {
+        return Err(format!(
+            "unsupported snapshot version {version} (this build reads 1 to {VERSION})"
+        ));
     }
     let meta_len = usize::try_from(take_u64(&mut buf)?).map_err(|e| e.to_string())?;
     let meta: SnapshotMeta = serde_json::from_slice(take(&mut buf, meta_len)?)
@@ -429,10 +618,10 @@ fn decode_snapshot(bytes: &[u8]) -> Result<(SnapshotMeta, Vec<u8>), String> {
     if !buf.is_empty() {
         return Err("trailing bytes after the snapshot data".into());
     }
-    Ok((meta, data))
+    Ok((meta, version, data))
 }
 
-fn read_snapshot_file(path: &Path) -> Result<(SnapshotMeta, Vec<u8>), String> {
+fn read_snapshot_file(path: &Path) -> Result<(SnapshotMeta, u32, Vec<u8>), String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     decode_snapshot(&bytes).map_err(|e| format!("{}: {e}", path.display()))
 }
@@ -471,14 +660,23 @@ fn write_snapshot_file(dir: &Path, meta: &SnapshotMeta, data: &[u8]) -> Result<P
     Ok(path)
 }
 
+/// A snapshot file as read from disk.
+struct SnapshotOnDisk {
+    meta: SnapshotMeta,
+    /// Format of `data` (see [`VERSION`]).
+    version: u32,
+    data: Vec<u8>,
+    path: PathBuf,
+}
+
 /// The snapshot with the highest last log id under `dir`. Unreadable files are skipped.
-fn latest_snapshot(dir: &Path) -> Result<Option<(SnapshotMeta, Vec<u8>, PathBuf)>, StoreError> {
+fn latest_snapshot(dir: &Path) -> Result<Option<SnapshotOnDisk>, StoreError> {
     let rd = match std::fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(StoreError::storage(dir, format!("cannot list: {e}"))),
     };
-    let mut best: Option<(SnapshotMeta, Vec<u8>, PathBuf)> = None;
+    let mut best: Option<SnapshotOnDisk> = None;
     for ent in rd.flatten() {
         let name = ent.file_name().to_string_lossy().into_owned();
         if !(name.starts_with(SNAP_PREFIX) && name.ends_with(SNAP_SUFFIX)) {
@@ -486,12 +684,17 @@ fn latest_snapshot(dir: &Path) -> Result<Option<(SnapshotMeta, Vec<u8>, PathBuf)
         }
         let path = ent.path();
         match read_snapshot_file(&path) {
-            Ok((meta, data)) => {
+            Ok((meta, version, data)) => {
                 if best
                     .as_ref()
-                    .is_none_or(|(b, _, _)| meta.last_log_id > b.last_log_id)
+                    .is_none_or(|b| meta.last_log_id > b.meta.last_log_id)
                 {
-                    best = Some((meta, data, path));
+                    best = Some(SnapshotOnDisk {
+                        meta,
+                        version,
+                        data,
+                        path,
+                    });
                 }
             }
             Err(e) => tracing::warn!(error = %e, "skipping unreadable snapshot file"),
@@ -535,8 +738,9 @@ mod tests {
             snapshot_id: "3-42-x".into(),
         };
         let bytes = encode_snapshot(&meta, b"{\"a\":1}").unwrap();
-        let (m, d) = decode_snapshot(&bytes).unwrap();
+        let (m, v, d) = decode_snapshot(&bytes).unwrap();
         assert_eq!(m, meta);
+        assert_eq!(v, VERSION);
         assert_eq!(d, b"{\"a\":1}");
         assert!(decode_snapshot(&bytes[..bytes.len() - 1]).is_err());
         assert!(decode_snapshot(b"garbage!garbage!").is_err());

@@ -51,6 +51,7 @@ use crate::sm::SmStore;
 use crate::types::Metrics;
 use crate::types::Raft;
 use crate::types::Request;
+use crate::types::RequestId;
 use crate::types::Response;
 
 /// Left in the store directory while `force_new_cluster` runs: the recovered state.
@@ -104,8 +105,17 @@ impl<S: StateMachine> Drop for Inner<S> {
 enum Forward {
     /// The leader did not receive the request (or refused it unseen): safe to retry.
     NotDelivered(StoreError),
-    /// The leader may or may not have carried it out.
-    Unknown(StoreError),
+    /// The request or its reply was lost: the leader may or may not have carried it out.
+    Lost(StoreError),
+    /// The leader could not handle the request at all; sending it again would not help.
+    Rejected(StoreError),
+}
+
+/// Resolves when the Raft metrics change; never, once they can no longer change.
+async fn metrics_changed(rx: &mut tokio::sync::watch::Receiver<Metrics>) {
+    if rx.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// When an operation must be finished, and the budget it was given.
@@ -327,20 +337,38 @@ impl<S: StateMachine> Store<S> {
     ///
     /// Works on any member: the leader applies; a follower forwards to the leader over the
     /// transport and returns the leader's answer. Without a majority it fails fast with
-    /// [`StoreError::NoQuorum`].
+    /// [`StoreError::NoQuorum`]; the whole call is bounded by `write_timeout`.
     ///
     /// On a follower it returns once the entry is applied locally as well (read-your-writes),
     /// unless that takes longer than an election would.
     ///
-    /// Requests that surely did not reach the leader are retried (across leader changes) until
-    /// `write_timeout`. As with any Raft store, a write refused with `NoQuorum` or `Timeout`
-    /// after the leader logged it may still be applied once a majority is back.
+    /// Forwarding follows leadership: a follower sends the write only to a leader it heard from
+    /// within the election timeout (otherwise it waits for a new leader), and abandons a
+    /// forwarded write as soon as that leader is deposed or goes silent (a dead peer may never
+    /// answer), then sends it to the new leader or applies it itself if it now leads. A write
+    /// whose outcome is unknown (reply lost) is sent again the same way, until `write_timeout`.
+    ///
+    /// # Commands are applied once per call, and should be idempotent anyway
+    ///
+    /// An abandoned forward may still be committed by the old leader (a Raft leader's log
+    /// survives into the next term), so the same write can reach the log twice. Each call
+    /// therefore carries a random request id, and the replicated state remembers the ids and
+    /// outputs of the last 10,000 applied writes (in snapshots too, so every member, restarted
+    /// or not, decides alike): a write arriving again is not applied again and its first output
+    /// is returned. Within one call a command is thus applied exactly once.
+    ///
+    /// Across calls nothing is deduplicated: a call that failed with `NoQuorum`, `Timeout` or
+    /// `ForwardFailed` after the leader logged the command may still be applied later, once a
+    /// majority is back (as with any Raft store), and calling `write` again with the same
+    /// command then applies it twice. Make commands idempotent (applying the same command twice
+    /// leaves the same state as applying it once), so that such retries are harmless.
     pub async fn write(&self, cmd: S::Command) -> Result<S::Output, StoreError> {
+        let req = Request::Cmd {
+            id: RequestId::random(),
+            cmd,
+        };
         match self
-            .submit(
-                ForwardOp::Write(Request::App(cmd)),
-                self.inner.cfg.write_timeout,
-            )
+            .submit(ForwardOp::Write(req), self.inner.cfg.write_timeout)
             .await?
         {
             ForwardOutput::Write {
@@ -647,6 +675,11 @@ impl<S: StateMachine> Store<S> {
     }
 
     /// Run a leader-only operation wherever the leader is, retrying across leader changes.
+    ///
+    /// Forwarding follows leadership: the operation goes only to a leader heard from within
+    /// the election timeout, and a forwarded write ([`ForwardOp::resendable`]) is abandoned as
+    /// soon as that leader is deposed or goes quiet, then sent to the new leader (or applied
+    /// here if this member now leads).
     async fn submit(
         &self,
         op: ForwardOp<S>,
@@ -655,10 +688,12 @@ impl<S: StateMachine> Store<S> {
         let start = Instant::now();
         let deadline = Deadline::new(budget);
         let cfg = &self.inner.cfg;
+        let resendable = op.resendable();
+        let mut rx = self.inner.raft.metrics();
         let mut last_err: Option<StoreError> = None;
         loop {
             self.ensure_running()?;
-            let m = self.metrics();
+            let m = rx.borrow_and_update().clone();
             if let Err(f) = &m.running_state {
                 return Err(map_fatal(f.clone()));
             }
@@ -678,29 +713,67 @@ impl<S: StateMachine> Store<S> {
                         r => return r,
                     }
                 }
+                Some(l) if !self.heard_from_recently(l) => {
+                    // A leader that stopped talking may be dead: do not send it anything, wait
+                    // for it to speak again or for a new leader.
+                    tracing::debug!(leader = l, "no word from the leader lately; waiting");
+                }
                 Some(l) => {
                     if let Some(member) = m.membership_config.membership().get_node(&l).cloned() {
-                        match self.forward(l, &member, op.clone(), deadline).await {
+                        let attempt = self.forward(l, &member, op.clone(), deadline);
+                        let result = if resendable {
+                            tokio::select! {
+                                r = attempt => Some(r),
+                                why = self.leader_lost(l, m.current_term) => {
+                                    tracing::info!(
+                                        leader = l,
+                                        term = m.current_term,
+                                        reason = %why,
+                                        "abandoning the write forwarded to the leader; sending it again"
+                                    );
+                                    last_err = Some(StoreError::ForwardFailed {
+                                        leader: l,
+                                        addr: member.addr.clone(),
+                                        reason: format!("abandoned: {why}"),
+                                    });
+                                    None
+                                }
+                            }
+                        } else {
+                            Some(attempt.await)
+                        };
+                        match result {
+                            // Leadership moved on: go where it is now, without waiting.
+                            None => continue,
                             // Not carried out by the leader: safe to try again.
-                            Err(Forward::NotDelivered(e))
-                            | Ok(Err(e @ (StoreError::NotLeader { .. } | StoreError::ShutDown))) => {
+                            Some(
+                                Err(Forward::NotDelivered(e))
+                                | Ok(Err(e @ (StoreError::NotLeader { .. } | StoreError::ShutDown))),
+                            ) => {
                                 tracing::debug!(leader = l, error = %e, "forwarding failed; retrying");
                                 last_err = Some(e);
                             }
-                            Ok(Ok(out)) => {
+                            // Fate unknown, but the state machine applies a write once.
+                            Some(Err(Forward::Lost(e))) if resendable => {
+                                tracing::debug!(leader = l, error = %e, "forwarded write lost; sending it again");
+                                last_err = Some(e);
+                            }
+                            Some(Ok(Ok(out))) => {
                                 if let ForwardOutput::Write { index, .. } = &out {
                                     self.wait_applied(*index, deadline).await;
                                 }
                                 return Ok(out);
                             }
-                            Ok(Err(e)) | Err(Forward::Unknown(e)) => return Err(e),
+                            Some(Ok(Err(e)) | Err(Forward::Lost(e) | Forward::Rejected(e))) => {
+                                return Err(e);
+                            }
                         }
                     }
                 }
                 None => {}
             }
             // No usable leader right now: an election may be under way, or we are cut off.
-            let m = self.metrics();
+            let m = rx.borrow_and_update().clone();
             let leaderless = m.current_leader.is_none();
             // Past the grace period, keep waiting only while a majority still answers (an
             // election among reachable members is then under way).
@@ -710,7 +783,56 @@ impl<S: StateMachine> Store<S> {
                     _ => self.no_quorum(&m),
                 });
             }
-            tokio::time::sleep(cfg.poll_interval().min(deadline.remaining())).await;
+            // Wake up on the next change of the Raft state, or after a poll interval.
+            let pause = cfg.poll_interval().min(deadline.remaining());
+            tokio::select! {
+                _ = metrics_changed(&mut rx) => {}
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
+    /// Whether this member heard from `leader` (an RPC from it, or a reply) within the
+    /// election timeout, i.e. as recently as a live leader's heartbeats guarantee.
+    fn heard_from_recently(&self, leader: u64) -> bool {
+        self.inner
+            .health
+            .heard_within(leader, self.inner.cfg.election_timeout())
+    }
+
+    /// Resolves, with the reason, once `leader`, which led in `term` when a request was sent to
+    /// it, cannot be counted on to answer: another member (or none yet) leads a newer term,
+    /// this member became the leader, or `leader` has been silent for longer than the election
+    /// timeout. Pending forever otherwise.
+    async fn leader_lost(&self, leader: u64, term: u64) -> String {
+        let mut rx = self.inner.raft.metrics();
+        let mut ticker = tokio::time::interval(self.inner.cfg.poll_interval());
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            {
+                let m = rx.borrow_and_update();
+                if m.current_term > term && m.current_leader != Some(leader) {
+                    return match m.current_leader {
+                        Some(l) if l == self.inner.id => {
+                            format!("this member became the leader in term {}", m.current_term)
+                        }
+                        Some(l) => {
+                            format!("member {l} became the leader in term {}", m.current_term)
+                        }
+                        None => format!("a new election started (term {})", m.current_term),
+                    };
+                }
+            }
+            if !self.heard_from_recently(leader) {
+                return format!(
+                    "no word from leader {leader} for more than {:?}",
+                    self.inner.cfg.election_timeout()
+                );
+            }
+            tokio::select! {
+                _ = metrics_changed(&mut rx) => {}
+                _ = ticker.tick() => {}
+            }
         }
     }
 
@@ -739,17 +861,17 @@ impl<S: StateMachine> Store<S> {
             Err(e @ TransportError::Unreachable { .. }) => {
                 return Err(Forward::NotDelivered(failed(e.to_string())));
             }
-            // Delivered or not, nobody knows: retrying could apply the command twice.
-            Err(e) => return Err(Forward::Unknown(failed(e.to_string()))),
+            // Delivered or not, nobody knows.
+            Err(e) => return Err(Forward::Lost(failed(e.to_string()))),
         };
         self.inner.health.heard_from(l);
-        let (reply, _) = rpc::decode::<RpcReply<S>>(&reply)
-            .map_err(|e| Forward::Unknown(failed(e.to_string())))?;
+        let (reply, _) =
+            rpc::decode::<RpcReply<S>>(&reply).map_err(|e| Forward::Lost(failed(e.to_string())))?;
         match reply {
             RpcReply::Forward(r) => Ok(r),
             RpcReply::Failed(e @ StoreError::ShutDown) => Err(Forward::NotDelivered(e)),
-            RpcReply::Failed(e) => Err(Forward::Unknown(e)),
-            _ => Err(Forward::Unknown(failed(
+            RpcReply::Failed(e) => Err(Forward::Rejected(e)),
+            _ => Err(Forward::Lost(failed(
                 "unexpected reply to a forwarded request".to_string(),
             ))),
         }
@@ -937,9 +1059,15 @@ impl<S: StateMachine> Store<S> {
                 RpcReply::Vote(raft.vote(r).await)
             }
             RpcRequest::InstallSnapshot(r) => {
+                if let Some(from) = r.vote.leader_id().voted_for() {
+                    self.inner.health.heard_from(from);
+                }
                 RpcReply::InstallSnapshot(raft.install_snapshot(r).await)
             }
             RpcRequest::FullSnapshot { vote, meta } => {
+                if let Some(from) = vote.leader_id().voted_for() {
+                    self.inner.health.heard_from(from);
+                }
                 tracing::info!(last_log = ?meta.last_log_id, bytes = tail.len(), "receiving snapshot");
                 let snapshot = Snapshot {
                     meta,

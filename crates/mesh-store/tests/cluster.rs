@@ -103,6 +103,21 @@ impl Cluster {
         }
     }
 
+    /// Kill `id` like SIGKILL on a QUIC host: nothing is closed, calls to it just hang.
+    async fn kill_silently(&mut self, id: u64) {
+        self.net.silence(id);
+        if let Some(s) = self.stores.remove(&id) {
+            s.shutdown().await.unwrap();
+        }
+    }
+
+    /// Restart a member killed with `kill_silently`.
+    async fn restart_silenced(&mut self, id: u64) -> Store<Kv> {
+        let s = self.start(id).await;
+        self.net.heal(id);
+        s
+    }
+
     fn get(&self, id: u64) -> Store<Kv> {
         self.stores[&id].clone()
     }
@@ -748,4 +763,157 @@ async fn interrupted_force_new_cluster_is_resumed() {
     assert!(!dir.join("force-new-cluster.state.json").exists());
     s.write(set("new", "1")).await.unwrap();
     s.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_write_follows_a_new_leader_when_the_old_one_dies_silently() {
+    let mut c = Cluster::new(StoreConfig::default());
+    c.form(&[1, 2, 3]).await;
+    let leader = c.leader_among(&[1, 2, 3]).await;
+    let mut expected = BTreeMap::new();
+    write_many(&c.get(leader), "before", 5, &mut expected).await;
+    c.converge(&[1, 2, 3], &expected).await;
+    let survivors: Vec<u64> = [1, 2, 3].into_iter().filter(|i| *i != leader).collect();
+    let f = c.get(survivors[0]);
+
+    // The follower still trusts the leader when it forwards; the forward hangs (a dead peer
+    // never answers) until the follower sees a new leader and sends the write there.
+    c.kill_silently(leader).await;
+    let killed_at = Instant::now();
+    let out = f.write(set("first-after", "1")).await.unwrap();
+    let elapsed = killed_at.elapsed();
+    tracing::info!(
+        ?elapsed,
+        write_timeout = ?c.cfg.write_timeout,
+        "first write through a follower accepted after the leader died silently"
+    );
+    assert_eq!(out, None);
+    expected.insert("first-after".into(), "1".into());
+    write_many(&f, "after", 5, &mut expected).await;
+    let new_leader = c.leader_among(&survivors).await;
+    assert_ne!(new_leader, leader);
+    c.converge(&survivors, &expected).await;
+    for id in &survivors {
+        // Each write applied exactly once.
+        let idx = c.get(*id).read(|kv| kv.indexes.clone());
+        assert_eq!(idx.len(), expected.len(), "member {id}");
+    }
+
+    c.restart_silenced(leader).await;
+    c.converge(&[1, 2, 3], &expected).await;
+    assert_eq!(
+        c.get(leader).read(|kv| kv.indexes.len()),
+        expected.len(),
+        "the old leader too"
+    );
+    for id in [1, 2, 3] {
+        c.kill(id).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_forward_committed_by_the_old_leader_is_applied_once() {
+    let mut c = Cluster::new(StoreConfig::default());
+    c.form(&[1, 2, 3]).await;
+    let leader = c.leader_among(&[1, 2, 3]).await;
+    c.get(leader).write(set("x", "0")).await.unwrap();
+    let mut expected = BTreeMap::from([("x".to_string(), "0".to_string())]);
+    c.converge(&[1, 2, 3], &expected).await;
+    let survivors: Vec<u64> = [1, 2, 3].into_iter().filter(|i| *i != leader).collect();
+
+    // The leader commits the forwarded write, but its answer never reaches the follower.
+    c.net.hold_replies(leader);
+    let f = c.get(survivors[0]);
+    let writer = tokio::spawn(async move { f.write(set("x", "1")).await });
+    expected.insert("x".into(), "1".into());
+    c.converge(&[1, 2, 3], &expected).await;
+    c.kill_silently(leader).await;
+    let killed_at = Instant::now();
+
+    // The follower abandons the forward and sends the write again to the new leader, whose
+    // log already holds it: the state machine recognises the request and answers with the
+    // output of its first application ("0" was the previous value), applying nothing.
+    let out = writer.await.unwrap().unwrap();
+    tracing::info!(elapsed = ?killed_at.elapsed(), "abandoned write answered after the leader died");
+    assert_eq!(out, Some("0".to_string()));
+    c.leader_among(&survivors).await;
+    write_many(&c.get(survivors[1]), "later", 3, &mut expected).await;
+    c.converge(&survivors, &expected).await;
+    for id in &survivors {
+        // "x" twice and "later" three times.
+        let idx = c.get(*id).read(|kv| kv.indexes.clone());
+        assert_eq!(idx.len(), 5, "applied once on member {id}: {idx:?}");
+    }
+
+    // The old leader comes back, replays its log (where the write appears twice) and receives
+    // the rest: it ends up with the same state.
+    c.restart_silenced(leader).await;
+    c.converge(&[1, 2, 3], &expected).await;
+    let states: Vec<Kv> = [1, 2, 3]
+        .iter()
+        .map(|id| c.get(*id).read(|kv| kv.clone()))
+        .collect();
+    assert_eq!(states[0], states[1]);
+    assert_eq!(states[1], states[2]);
+    assert_eq!(states[0].indexes.len(), 5);
+    for id in [1, 2, 3] {
+        c.kill(id).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_peers_make_writes_fail_with_no_quorum() {
+    // A long write timeout: a refusal before it is the fast no-quorum path, not the backstop.
+    let cfg = StoreConfig {
+        write_timeout: Duration::from_secs(60),
+        ..Default::default()
+    };
+    let mut c = Cluster::new(cfg);
+    c.form(&[1, 2, 3]).await;
+    let leader = c.leader_among(&[1, 2, 3]).await;
+    let mut expected = BTreeMap::new();
+    write_many(&c.get(leader), "k", 3, &mut expected).await;
+    c.converge(&[1, 2, 3], &expected).await;
+    let followers: Vec<u64> = [1, 2, 3].into_iter().filter(|i| *i != leader).collect();
+
+    // A follower whose links went silent: it forwards to a leader it just heard from, the
+    // forward hangs, the leader goes quiet; the write is abandoned and refused.
+    let lone = followers[0];
+    c.net.silence(lone);
+    let t = Instant::now();
+    let err = c.get(lone).write(set("lone", "x")).await.unwrap_err();
+    tracing::info!(elapsed = ?t.elapsed(), error = %err, "silenced follower refused a write");
+    assert!(matches!(err, StoreError::NoQuorum { .. }), "{err}");
+    c.net.heal(lone);
+    let leader = c.leader_among(&[1, 2, 3]).await;
+
+    // A leader whose followers went silent mid-write loses its lease and refuses.
+    for id in [1, 2, 3].into_iter().filter(|i| *i != leader) {
+        c.net.silence(id);
+    }
+    let t = Instant::now();
+    let err = c.get(leader).write(set("lost", "x")).await.unwrap_err();
+    tracing::info!(elapsed = ?t.elapsed(), error = %err, "leader with silent followers refused a write");
+    assert!(
+        matches!(err, StoreError::NoQuorum { voters: 3, .. }),
+        "{err}"
+    );
+    for id in [1, 2, 3] {
+        c.net.heal(id);
+    }
+    // Healed, the cluster writes again (the refused write may or may not survive in the log,
+    // as with any Raft store).
+    let leader = c.leader_among(&[1, 2, 3]).await;
+    c.get(leader).write(set("healed", "1")).await.unwrap();
+    let reference = c.get(leader);
+    for id in [1, 2, 3] {
+        let s = c.get(id);
+        wait_until(&format!("node {id} converges"), || {
+            s.read(|kv| kv.clone()) == reference.read(|kv| kv.clone())
+        })
+        .await;
+    }
+    for id in [1, 2, 3] {
+        c.kill(id).await;
+    }
 }

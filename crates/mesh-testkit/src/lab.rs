@@ -177,6 +177,19 @@ impl Lab {
     ///
     /// Sweeps stale labs first. Whatever it made is undone if it fails half-way.
     pub fn start(opts: LabOptions) -> Result<Lab, LabError> {
+        Self::build(opts, true)
+    }
+
+    /// Builds the lab's network only: the underlay namespace and bridge and the hosts'
+    /// namespaces (and the client's), with no meshd running. For programs other than meshd
+    /// that need the same topology (e.g. a reference system in a benchmark); processes they
+    /// start in the namespaces are killed on teardown like the daemons.
+    /// [`Lab::start_daemon`] still starts a host's meshd when the binary is found.
+    pub fn start_without_daemons(opts: LabOptions) -> Result<Lab, LabError> {
+        Self::build(opts, false)
+    }
+
+    fn build(opts: LabOptions, daemons: bool) -> Result<Lab, LabError> {
         opts.validate()?;
         let euid = nix::unistd::geteuid();
         if !euid.is_root() {
@@ -185,7 +198,12 @@ impl Lab {
             });
         }
         stale::sweep_stale();
-        let meshd_bin = bins::meshd_bin()?;
+        let meshd_bin = match bins::meshd_bin() {
+            Ok(bin) => bin,
+            // Not needed to build the network; `start_daemon` then fails naming this path.
+            Err(_) if !daemons => PathBuf::from("meshd"),
+            Err(e) => return Err(e),
+        };
         let id = stale::new_id();
 
         let (dir, temp) = match &opts.dir {
@@ -254,6 +272,10 @@ impl Lab {
         lock(&lab.made).marker = Some(marker);
         tracing::info!(lab = %lab.id, hosts = lab.hosts.len(), dir = %lab.dir.display(), "starting lab");
         lab.build_network()?;
+        if !daemons {
+            tracing::info!(lab = %lab.id, "lab network is up (no daemons)");
+            return Ok(lab);
+        }
         if let Err(e) = lab.start_all_daemons() {
             lab.keep_quietly.store(true, Ordering::SeqCst);
             return Err(LabError::StartFailed {

@@ -570,6 +570,57 @@ fn a_failed_start_leaves_nothing_but_its_logs() {
 }
 
 #[test]
+fn a_network_only_lab_runs_no_daemon_until_asked() {
+    if !setup() {
+        return;
+    }
+    let lab = Lab::start_without_daemons(LabOptions::hosts(2)).unwrap();
+    let id = lab.id().to_owned();
+    assert_eq!(lab_namespaces(&id).len(), 3, "underlay and two hosts");
+    for i in 1..=2 {
+        assert_eq!(lab.pid(i), None, "host{i} must run no daemon");
+        assert!(!lab.socket(i).exists());
+    }
+    wait_ping(&lab, 1, "192.0.2.2");
+    // A process started in a host's namespace by the caller dies with the lab.
+    let mut sleeper = Command::new("nsenter")
+        .arg(format!("--net={}", lab.netns_path(2).display()))
+        .args(["sleep", "600"])
+        .spawn()
+        .unwrap();
+    let pid = sleeper.id();
+    lab.wait_until(
+        "the sleeper to enter host2",
+        Duration::from_secs(10),
+        || {
+            let ns = fs::metadata(format!("/proc/{pid}/ns/net")).ok()?;
+            let host = fs::metadata(lab.netns_path(2)).ok()?;
+            (ns.ino() == host.ino()).then_some(())
+        },
+    )
+    .unwrap();
+    // A daemon can still be started on one host.
+    lab.start_daemon(1).unwrap();
+    assert!(lab.pid(1).is_some());
+    assert_eq!(lab.pid(2), None);
+    drop(lab);
+    let mut exited = None;
+    for _ in 0..200 {
+        exited = sleeper.try_wait().unwrap();
+        if exited.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if exited.is_none() {
+        let _ = sleeper.kill();
+        let _ = sleeper.wait();
+        panic!("the process in host2's namespace must be killed with the lab");
+    }
+    assert!(lab_namespaces(&id).is_empty());
+}
+
+#[test]
 fn bad_options_name_the_field() {
     if !setup() {
         return;
