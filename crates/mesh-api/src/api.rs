@@ -38,6 +38,14 @@ pub mod routes {
     pub const NODE: &str = "/v1/nodes/{node}";
     /// `POST` [`super::NodeUpdate`] → `Node`.
     pub const NODE_UPDATE: &str = "/v1/nodes/{node}/update";
+    /// `GET` → `Vec<NetworkView>`; `POST` `NetworkSpec` → `Network`.
+    pub const NETWORKS: &str = "/v1/networks";
+    /// `GET` → `NetworkView`; `DELETE` → `{}`.
+    pub const NETWORK: &str = "/v1/networks/{network}";
+    /// `POST` `ConnectRequest` → `ConnectResponse` (any node: it plumbs locally).
+    pub const NETWORK_CONNECT: &str = "/v1/networks/{network}/connect";
+    /// `POST` `DisconnectRequest` → `{}` (any node).
+    pub const NETWORK_DISCONNECT: &str = "/v1/networks/{network}/disconnect";
 }
 
 /// Builds a concrete path from a route template by replacing `{name}` with `value`.
@@ -130,6 +138,12 @@ pub struct InitRequest {
     /// Validity of node certificates, in milliseconds.
     #[serde(default)]
     pub cert_expiry_ms: Option<u64>,
+    /// Pools overlay subnets are allocated from (`--default-addr-pool`, CIDR; default 10.0.0.0/8).
+    #[serde(default)]
+    pub default_addr_pool: Vec<String>,
+    /// Prefix length of allocated subnets (`--default-addr-pool-mask-length`; default 24).
+    #[serde(default)]
+    pub default_addr_pool_mask_len: Option<u8>,
 }
 
 /// Answer to `swarm init`.

@@ -63,6 +63,12 @@ pub struct ClusterSpec {
     pub dispatcher: DispatcherConfig,
     /// Validity of node certificates in milliseconds.
     pub node_cert_expiry_ms: u64,
+    /// Pools overlay subnets are allocated from (empty: 10.0.0.0/8).
+    #[serde(default)]
+    pub default_addr_pool: Vec<ipnet::Ipv4Net>,
+    /// Prefix length of allocated subnets (0: 24).
+    #[serde(default)]
+    pub default_addr_pool_mask_len: u8,
 }
 
 /// The cluster's root certificate authority.

@@ -7,11 +7,13 @@ pub mod api;
 pub mod cluster;
 pub mod error;
 pub mod ids;
+pub mod network;
 pub mod node;
 
 pub use cluster::{Cluster, ClusterSpec, DispatcherConfig, JoinTokens, RootCa};
 pub use error::ValidationError;
 pub use ids::new_id;
+pub use network::{ConnectRequest, ConnectResponse, DisconnectRequest, Endpoint, EndpointOwner, Network, NetworkSpec, NetworkView};
 pub use node::{
     Availability, ManagerStatus, Node, NodeDescription, NodeRole, NodeSpec, NodeState, NodeStatus,
     Reachability,

@@ -227,6 +227,10 @@ pub struct Node {
     /// Expiry of the node's certificate, Unix milliseconds.
     #[serde(default)]
     pub cert_expiry: u64,
+    /// The node's WireGuard public key for each overlay network it takes part in
+    /// (network ID → base64 key). Published by the node itself over its mTLS session.
+    #[serde(default)]
+    pub network_keys: BTreeMap<String, String>,
 }
 
 impl Node {
@@ -422,6 +426,7 @@ mod tests {
             data_port: 51820,
             manager_status: None,
             cert_expiry: 0,
+            network_keys: BTreeMap::new(),
         }
     }
 

@@ -2,12 +2,14 @@
 //!
 //! - [`state`]: the replicated cluster state and the commands that change it (pure).
 //! - [`dispatcher`]: heartbeat bookkeeping and down detection (pure).
+//! - [`ipam`]: overlay subnets and addresses (pure).
 //! - [`roles`]: reconciling desired manager roles with Raft membership (pure).
 //! - [`rpc`]: the node-to-manager messages carried over QUIC.
 //! - [`manager`]: the runtime that ties them to the store and the transport.
 
 pub mod dispatcher;
 pub mod error;
+pub mod ipam;
 pub mod manager;
 pub mod roles;
 pub mod rpc;

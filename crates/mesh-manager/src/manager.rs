@@ -142,6 +142,7 @@ pub fn new_cluster(p: InitParams) -> Result<NewCluster, ManagerError> {
         data_port: p.data_port,
         manager_status: None,
         cert_expiry: 0,
+        network_keys: Default::default(),
     };
     Ok(NewCluster { cluster, node, ca })
 }
@@ -468,6 +469,7 @@ impl Manager {
             data_port: req.data_port,
             manager_status: None,
             cert_expiry: 0,
+            network_keys: Default::default(),
         };
         self.write(Command::CreateNode {
             node: Box::new(node),

@@ -7,8 +7,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use std::net::Ipv4Addr;
+
+use mesh_api::network::DEFAULT_MTU;
 use mesh_api::node::NodeUpdate;
-use mesh_api::{Cluster, Node, NodeDescription, NodeRole, NodeSpec, NodeState};
+use mesh_api::{
+    Cluster, Endpoint, EndpointOwner, Network, NetworkSpec, Node, NodeDescription, NodeRole,
+    NodeSpec, NodeState,
+};
+
+use crate::ipam;
 use serde::{Deserialize, Serialize};
 
 /// Most managers a cluster may have (Raft gets slower, not safer, beyond this).
@@ -23,6 +31,16 @@ pub struct ClusterState {
     pub nodes: BTreeMap<String, Node>,
     /// IDs of nodes removed with `node rm`: their certificates are no longer accepted.
     pub removed_nodes: BTreeSet<String>,
+    /// Overlay networks by ID.
+    #[serde(default)]
+    pub networks: BTreeMap<String, Network>,
+    /// Endpoints of overlay networks by ID.
+    #[serde(default)]
+    pub endpoints: BTreeMap<String, Endpoint>,
+    /// Bumped by every change that affects some node's overlay plan (networks,
+    /// endpoints, keys, node addresses); nodes refetch their network map when it moves.
+    #[serde(default)]
+    pub network_version: u64,
 }
 
 /// A change to a node's observed status.
@@ -123,6 +141,49 @@ pub enum Command {
         /// Remove even when not down.
         force: bool,
     },
+    /// `swarm network create`: the subnet is allocated here, at apply time, so that
+    /// racing creations can never get overlapping subnets.
+    CreateNetwork {
+        /// New network ID.
+        id: String,
+        /// As requested.
+        spec: NetworkSpec,
+        /// Time of the change.
+        now: u64,
+    },
+    /// `swarm network rm` (refused while endpoints remain).
+    RemoveNetwork {
+        /// Network ID.
+        id: String,
+    },
+    /// An address of a network for someone on a node. Idempotent: the same owner on the
+    /// same node and network gets its existing endpoint back.
+    CreateEndpoint {
+        /// New endpoint ID.
+        id: String,
+        /// Network ID.
+        network_id: String,
+        /// Node serving it.
+        node_id: String,
+        /// Who holds it.
+        owner: EndpointOwner,
+        /// A specific address, if asked for.
+        ip: Option<Ipv4Addr>,
+        /// Time of the change.
+        now: u64,
+    },
+    /// The endpoint's address returns to the pool.
+    RemoveEndpoint {
+        /// Endpoint ID.
+        id: String,
+    },
+    /// A node's WireGuard public keys per network, published by the node itself.
+    SetNetworkKeys {
+        /// Node ID (from its certificate).
+        node_id: String,
+        /// Network ID → base64 public key.
+        keys: BTreeMap<String, String>,
+    },
     /// `swarm init --force-new-cluster`: every other manager becomes a worker, so the
     /// recovered cluster has exactly one manager until others are promoted again.
     ForceNewCluster {
@@ -165,6 +226,9 @@ pub struct Applied {
     pub nodes: Vec<String>,
     /// Whether the cluster object changed.
     pub cluster: bool,
+    /// The object created or found (network or endpoint ID).
+    #[serde(default)]
+    pub object: Option<String>,
 }
 
 fn reject(kind: RejectKind, message: impl Into<String>) -> Output {
@@ -181,6 +245,59 @@ impl ClusterState {
             .values()
             .filter(|n| n.spec.role == NodeRole::Manager)
             .count()
+    }
+
+    /// The pools and prefix length overlay subnets are allocated from.
+    pub fn address_pools(&self) -> (Vec<ipnet::Ipv4Net>, u8) {
+        let (pools, prefix) = match &self.cluster {
+            Some(c) => (
+                c.spec.default_addr_pool.clone(),
+                c.spec.default_addr_pool_mask_len,
+            ),
+            None => (Vec::new(), 0),
+        };
+        let pools = if pools.is_empty() {
+            vec![ipam::default_pool()]
+        } else {
+            pools
+        };
+        let prefix = if prefix == 0 {
+            ipam::DEFAULT_SUBNET_PREFIX
+        } else {
+            prefix
+        };
+        (pools, prefix)
+    }
+
+    /// A network by ID, name or unambiguous ID prefix.
+    pub fn resolve_network(&self, reference: &str) -> Option<&Network> {
+        if let Some(n) = self.networks.get(reference) {
+            return Some(n);
+        }
+        if let Some(n) = self.networks.values().find(|n| n.spec.name == reference) {
+            return Some(n);
+        }
+        let mut prefixed = self
+            .networks
+            .values()
+            .filter(|n| n.id.starts_with(reference));
+        match (prefixed.next(), prefixed.next()) {
+            (Some(n), None) if !reference.is_empty() => Some(n),
+            _ => None,
+        }
+    }
+
+    /// How an endpoint is named in messages: `10.20.0.2 on host1 (netns /var/run/netns/foo)`.
+    pub fn describe_endpoint(&self, e: &Endpoint) -> String {
+        let host = self
+            .nodes
+            .get(&e.node_id)
+            .map(|n| n.description.hostname.as_str())
+            .unwrap_or(e.node_id.as_str());
+        match &e.owner {
+            EndpointOwner::Netns { path } => format!("{} on {host} (netns {path})", e.ip),
+            EndpointOwner::External { .. } => format!("{} on {host} (WireGuard peer)", e.ip),
+        }
     }
 
     /// Nodes sorted by hostname, then ID.
@@ -217,6 +334,7 @@ impl ClusterState {
                     index,
                     nodes: vec![id],
                     cluster: true,
+                    object: None,
                 })
             }
             Command::RotateToken { role, token, now } => {
@@ -233,6 +351,7 @@ impl ClusterState {
                     index,
                     nodes: vec![],
                     cluster: true,
+                    object: None,
                 })
             }
             Command::CreateNode { node } => {
@@ -264,6 +383,7 @@ impl ClusterState {
                     index,
                     nodes: vec![id],
                     cluster: false,
+                    object: None,
                 })
             }
             Command::UpdateNode { id, update, now } => {
@@ -336,6 +456,7 @@ impl ClusterState {
                     index,
                     nodes: vec![id],
                     cluster: false,
+                    object: None,
                 })
             }
             Command::SetNodeStatus { updates, now } => {
@@ -355,12 +476,16 @@ impl ClusterState {
                     index,
                     nodes: changed,
                     cluster: false,
+                    object: None,
                 })
             }
             Command::ReportNode { report, now } => {
                 let Some(node) = self.nodes.get_mut(&report.id) else {
                     return reject(RejectKind::NotFound, format!("no such node: {}", report.id));
                 };
+                if node.status.addr != report.addr || node.data_port != report.data_port {
+                    self.network_version += 1;
+                }
                 node.description = report.description;
                 node.status.addr = report.addr;
                 node.control_addr = report.control_addr;
@@ -374,6 +499,7 @@ impl ClusterState {
                     index,
                     nodes: vec![report.id],
                     cluster: false,
+                    object: None,
                 })
             }
             Command::RemoveNode { id, force } => {
@@ -404,10 +530,253 @@ impl ClusterState {
                 }
                 self.nodes.remove(&id);
                 self.removed_nodes.insert(id.clone());
+                let before = self.endpoints.len();
+                self.endpoints.retain(|_, e| e.node_id != id);
+                if before != self.endpoints.len() {
+                    self.network_version += 1;
+                }
                 Ok(Applied {
                     index,
                     nodes: vec![id],
                     cluster: false,
+                    object: None,
+                })
+            }
+            Command::CreateNetwork { id, spec, now } => {
+                if let Err(e) = spec.validate() {
+                    return reject(RejectKind::FailedPrecondition, e.to_string());
+                }
+                if let Some(other) = self.networks.values().find(|n| n.spec.name == spec.name) {
+                    return reject(
+                        RejectKind::Conflict,
+                        format!(
+                            "network with name {} already exists ({}); choose another name",
+                            spec.name, other.id
+                        ),
+                    );
+                }
+                if self.networks.contains_key(&id) {
+                    return reject(RejectKind::Conflict, format!("network {id} already exists"));
+                }
+                let used: Vec<_> = self.networks.values().map(|n| n.subnet).collect();
+                let subnet = match spec.subnet {
+                    Some(s) => {
+                        if !spec.allow_overlap
+                            && let Some(o) = self
+                                .networks
+                                .values()
+                                .find(|n| ipam::overlaps(&n.subnet, &s))
+                        {
+                            return reject(
+                                RejectKind::Conflict,
+                                format!(
+                                    "invalid --subnet: {s} overlaps network {} ({}); choose another subnet, or pass --allow-overlap to run both side by side (they stay isolated)",
+                                    o.spec.name, o.subnet
+                                ),
+                            );
+                        }
+                        s
+                    }
+                    None => {
+                        let (pools, prefix) = self.address_pools();
+                        match ipam::allocate_subnet(&pools, prefix, &used) {
+                            Some(s) => s,
+                            None => {
+                                return reject(
+                                    RejectKind::FailedPrecondition,
+                                    "the default address pools are exhausted; give --subnet, or remove unused networks",
+                                );
+                            }
+                        }
+                    }
+                };
+                let gateway = spec
+                    .gateway
+                    .unwrap_or_else(|| ipam::default_gateway(&subnet));
+                self.networks.insert(
+                    id.clone(),
+                    Network {
+                        id: id.clone(),
+                        version: index,
+                        created_at: now,
+                        updated_at: now,
+                        spec,
+                        subnet,
+                        gateway,
+                        mtu: DEFAULT_MTU,
+                    },
+                );
+                self.network_version += 1;
+                Ok(Applied {
+                    index,
+                    object: Some(id),
+                    ..Default::default()
+                })
+            }
+            Command::RemoveNetwork { id } => {
+                let Some(net) = self.networks.get(&id) else {
+                    return reject(RejectKind::NotFound, format!("no such network: {id}"));
+                };
+                let users: Vec<String> = self
+                    .endpoints
+                    .values()
+                    .filter(|e| e.network_id == id)
+                    .map(|e| self.describe_endpoint(e))
+                    .collect();
+                if !users.is_empty() {
+                    return reject(
+                        RejectKind::FailedPrecondition,
+                        format!(
+                            "network {} is in use by {} endpoint(s): {}; disconnect them first (`swarm network disconnect`)",
+                            net.spec.name,
+                            users.len(),
+                            users.join(", ")
+                        ),
+                    );
+                }
+                self.networks.remove(&id);
+                for node in self.nodes.values_mut() {
+                    node.network_keys.remove(&id);
+                }
+                self.network_version += 1;
+                Ok(Applied {
+                    index,
+                    object: Some(id),
+                    ..Default::default()
+                })
+            }
+            Command::CreateEndpoint {
+                id,
+                network_id,
+                node_id,
+                owner,
+                ip,
+                now,
+            } => {
+                let Some(net) = self.networks.get(&network_id) else {
+                    return reject(
+                        RejectKind::NotFound,
+                        format!("no such network: {network_id}"),
+                    );
+                };
+                if !self.nodes.contains_key(&node_id) {
+                    return reject(RejectKind::NotFound, format!("no such node: {node_id}"));
+                }
+                if !net.spec.attachable {
+                    return reject(
+                        RejectKind::FailedPrecondition,
+                        format!(
+                            "network {} is not attachable; recreate it with `swarm network create --attachable`",
+                            net.spec.name
+                        ),
+                    );
+                }
+                if let Some(existing) = self.endpoints.values().find(|e| {
+                    e.network_id == network_id && e.node_id == node_id && e.owner == owner
+                }) {
+                    return Ok(Applied {
+                        index,
+                        object: Some(existing.id.clone()),
+                        ..Default::default()
+                    });
+                }
+                if let EndpointOwner::External { public_key, .. } = &owner
+                    && self.endpoints.values().any(|e| {
+                        e.network_id == network_id
+                            && matches!(&e.owner, EndpointOwner::External { public_key: k, .. } if k == public_key)
+                    })
+                {
+                    return reject(
+                        RejectKind::Conflict,
+                        format!(
+                            "a WireGuard peer with this public key is already connected to network {}",
+                            net.spec.name
+                        ),
+                    );
+                }
+                let used: BTreeSet<Ipv4Addr> = self
+                    .endpoints
+                    .values()
+                    .filter(|e| e.network_id == network_id)
+                    .map(|e| e.ip)
+                    .collect();
+                let addr = match ip {
+                    Some(want) => {
+                        if !ipam::is_assignable(&net.subnet, net.gateway, want) {
+                            return reject(
+                                RejectKind::FailedPrecondition,
+                                format!(
+                                    "invalid --ip: {want} is not a usable address of {} ({}, gateway {})",
+                                    net.spec.name, net.subnet, net.gateway
+                                ),
+                            );
+                        }
+                        if used.contains(&want) {
+                            return reject(
+                                RejectKind::Conflict,
+                                format!(
+                                    "invalid --ip: {want} is already in use on network {}; leave --ip out to get a free address",
+                                    net.spec.name
+                                ),
+                            );
+                        }
+                        want
+                    }
+                    None => match ipam::allocate_ip(&net.subnet, net.gateway, &used) {
+                        Some(a) => a,
+                        None => {
+                            return reject(
+                                RejectKind::FailedPrecondition,
+                                format!(
+                                    "network {} has no free address left in {}",
+                                    net.spec.name, net.subnet
+                                ),
+                            );
+                        }
+                    },
+                };
+                self.endpoints.insert(
+                    id.clone(),
+                    Endpoint {
+                        id: id.clone(),
+                        network_id,
+                        node_id,
+                        ip: addr,
+                        owner,
+                        created_at: now,
+                    },
+                );
+                self.network_version += 1;
+                Ok(Applied {
+                    index,
+                    object: Some(id),
+                    ..Default::default()
+                })
+            }
+            Command::RemoveEndpoint { id } => {
+                if self.endpoints.remove(&id).is_none() {
+                    return reject(RejectKind::NotFound, format!("no such endpoint: {id}"));
+                }
+                self.network_version += 1;
+                Ok(Applied {
+                    index,
+                    object: Some(id),
+                    ..Default::default()
+                })
+            }
+            Command::SetNetworkKeys { node_id, keys } => {
+                let Some(node) = self.nodes.get_mut(&node_id) else {
+                    return reject(RejectKind::NotFound, format!("no such node: {node_id}"));
+                };
+                if node.network_keys != keys {
+                    node.network_keys = keys;
+                    node.version = index;
+                    self.network_version += 1;
+                }
+                Ok(Applied {
+                    index,
+                    nodes: vec![node_id],
+                    ..Default::default()
                 })
             }
             Command::ForceNewCluster { keep, now } => {
@@ -431,6 +800,7 @@ impl ClusterState {
                     index,
                     nodes: changed,
                     cluster: false,
+                    object: None,
                 })
             }
         }
@@ -480,6 +850,7 @@ pub(crate) mod tests {
             data_port: 51820,
             manager_status: None,
             cert_expiry: 0,
+            network_keys: Default::default(),
         }
     }
 
@@ -656,6 +1027,172 @@ pub(crate) mod tests {
             .unwrap_err();
         assert!(e.message.contains("demote one first"), "{}", e.message);
         assert_eq!(s.nodes["w"].spec.role, NodeRole::Worker);
+    }
+
+    fn spec(name: &str, subnet: Option<&str>) -> NetworkSpec {
+        NetworkSpec {
+            name: name.into(),
+            driver: "overlay".into(),
+            subnet: subnet.map(|s| s.parse().unwrap()),
+            attachable: true,
+            ..Default::default()
+        }
+    }
+
+    fn create_net(s: &mut ClusterState, i: u64, id: &str, sp: NetworkSpec) -> Output {
+        s.apply(
+            i,
+            Command::CreateNetwork {
+                id: id.into(),
+                spec: sp,
+                now: 1,
+            },
+        )
+    }
+
+    fn connect(s: &mut ClusterState, i: u64, id: &str, net: &str, path: &str) -> Output {
+        s.apply(
+            i,
+            Command::CreateEndpoint {
+                id: id.into(),
+                network_id: net.into(),
+                node_id: "n1".into(),
+                owner: EndpointOwner::Netns { path: path.into() },
+                ip: None,
+                now: 1,
+            },
+        )
+    }
+
+    #[test]
+    fn networks_get_subnets_and_refuse_overlap_and_duplicates() {
+        let mut s = init();
+        create_net(&mut s, 2, "a", spec("appnet", Some("10.20.0.0/24"))).unwrap();
+        create_net(&mut s, 3, "b", spec("backend", None)).unwrap();
+        assert_eq!(s.networks["b"].subnet.to_string(), "10.0.0.0/24");
+        assert_eq!(s.networks["a"].gateway.to_string(), "10.20.0.1");
+        let before = s.clone();
+        let e = create_net(&mut s, 4, "c", spec("other", Some("10.20.0.0/16"))).unwrap_err();
+        assert!(
+            e.message.contains("overlaps network appnet"),
+            "{}",
+            e.message
+        );
+        let e = create_net(&mut s, 4, "c", spec("appnet", Some("10.30.0.0/24"))).unwrap_err();
+        assert!(e.message.contains("already exists"), "{}", e.message);
+        assert_eq!(s, before);
+        let mut sp = spec("tenant2", Some("10.20.0.0/24"));
+        sp.allow_overlap = true;
+        create_net(&mut s, 5, "d", sp).unwrap();
+        // Allocation skips every used subnet, overlapping ones included.
+        create_net(&mut s, 6, "e", spec("third", None)).unwrap();
+        assert_eq!(s.networks["e"].subnet.to_string(), "10.0.1.0/24");
+    }
+
+    #[test]
+    fn endpoints_allocate_release_and_block_removal() {
+        let mut s = init();
+        create_net(&mut s, 2, "a", spec("appnet", Some("10.20.0.0/24"))).unwrap();
+        connect(&mut s, 3, "e1", "a", "/run/netns/x").unwrap();
+        connect(&mut s, 4, "e2", "a", "/run/netns/y").unwrap();
+        assert_eq!(s.endpoints["e1"].ip.to_string(), "10.20.0.2");
+        assert_eq!(s.endpoints["e2"].ip.to_string(), "10.20.0.3");
+        // Same owner again: the same endpoint back.
+        let out = connect(&mut s, 5, "e3", "a", "/run/netns/x").unwrap();
+        assert_eq!(out.object.as_deref(), Some("e1"));
+        assert_eq!(s.endpoints.len(), 2);
+        let e = s
+            .apply(6, Command::RemoveNetwork { id: "a".into() })
+            .unwrap_err();
+        assert!(
+            e.message
+                .contains("10.20.0.2 on host1 (netns /run/netns/x)"),
+            "{}",
+            e.message
+        );
+        s.apply(7, Command::RemoveEndpoint { id: "e1".into() })
+            .unwrap();
+        connect(&mut s, 8, "e4", "a", "/run/netns/z").unwrap();
+        assert_eq!(s.endpoints["e4"].ip.to_string(), "10.20.0.2");
+        s.apply(9, Command::RemoveEndpoint { id: "e2".into() })
+            .unwrap();
+        s.apply(10, Command::RemoveEndpoint { id: "e4".into() })
+            .unwrap();
+        s.apply(11, Command::RemoveNetwork { id: "a".into() })
+            .unwrap();
+        assert!(s.networks.is_empty());
+    }
+
+    #[test]
+    fn non_attachable_and_taken_addresses_are_refused() {
+        let mut s = init();
+        let mut sp = spec("private", Some("10.20.0.0/24"));
+        sp.attachable = false;
+        create_net(&mut s, 2, "p", sp).unwrap();
+        let e = connect(&mut s, 3, "e1", "p", "/run/netns/x").unwrap_err();
+        assert!(e.message.contains("not attachable"), "{}", e.message);
+        create_net(&mut s, 4, "a", spec("appnet", Some("10.30.0.0/24"))).unwrap();
+        let want = |s: &mut ClusterState, i, id: &str, ip: &str| {
+            s.apply(
+                i,
+                Command::CreateEndpoint {
+                    id: id.into(),
+                    network_id: "a".into(),
+                    node_id: "n1".into(),
+                    owner: EndpointOwner::Netns {
+                        path: format!("/p/{id}"),
+                    },
+                    ip: Some(ip.parse().unwrap()),
+                    now: 1,
+                },
+            )
+        };
+        want(&mut s, 5, "x", "10.30.0.9").unwrap();
+        assert!(
+            want(&mut s, 6, "y", "10.30.0.9")
+                .unwrap_err()
+                .message
+                .contains("already in use")
+        );
+        assert!(
+            want(&mut s, 7, "z", "10.30.0.1")
+                .unwrap_err()
+                .message
+                .contains("not a usable")
+        );
+        assert!(
+            want(&mut s, 8, "w", "10.31.0.5")
+                .unwrap_err()
+                .message
+                .contains("not a usable")
+        );
+    }
+
+    #[test]
+    fn network_version_moves_with_changes_only() {
+        let mut s = init();
+        let v0 = s.network_version;
+        create_net(&mut s, 2, "a", spec("appnet", None)).unwrap();
+        assert_eq!(s.network_version, v0 + 1);
+        let keys: BTreeMap<String, String> = [("a".to_string(), "k".to_string())].into();
+        s.apply(
+            3,
+            Command::SetNetworkKeys {
+                node_id: "n1".into(),
+                keys: keys.clone(),
+            },
+        )
+        .unwrap();
+        assert_eq!(s.network_version, v0 + 2);
+        s.apply(
+            4,
+            Command::SetNetworkKeys {
+                node_id: "n1".into(),
+                keys,
+            },
+        )
+        .unwrap();
+        assert_eq!(s.network_version, v0 + 2);
     }
 
     #[test]

@@ -91,10 +91,13 @@ impl<O> RecentRequests<O> {
     }
 
     /// Remember that `id` was applied and returned `output`, forgetting the oldest request
-    /// beyond the capacity.
+    /// beyond the capacity. An id already known keeps its first output.
     fn insert(&mut self, id: RequestId, output: O) {
-        if self.outputs.insert(id, output).is_some() {
-            return;
+        match self.outputs.entry(id) {
+            std::collections::hash_map::Entry::Occupied(_) => return,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(output);
+            }
         }
         self.order.push_back(id);
         while self.order.len() > self.capacity {
@@ -729,6 +732,145 @@ fn remove_other_snapshots(dir: &Path, keep: Option<&Path>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Sums what it is given; counts the applications.
+    #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+    struct Sum {
+        total: u64,
+        applied: u64,
+    }
+
+    impl StateMachine for Sum {
+        type Command = u64;
+        type Output = u64;
+        fn apply(&mut self, _index: u64, add: u64) -> u64 {
+            self.total += add;
+            self.applied += 1;
+            self.total
+        }
+    }
+
+    fn cmd(id: u128, add: u64) -> Request<u64> {
+        Request::Cmd {
+            id: RequestId(id),
+            cmd: add,
+        }
+    }
+
+    fn output(a: Applied<u64>) -> (bool, u64) {
+        match a {
+            Applied::Fresh(o) => (true, o),
+            Applied::Duplicate(o) => (false, o),
+            Applied::Replaced => panic!("unexpected restore"),
+        }
+    }
+
+    #[test]
+    fn a_request_is_applied_once_and_answered_with_its_first_output() {
+        let (mut st, mut recent) = (Sum::default(), RecentRequests::default());
+        let mut apply = |i, r| output(apply_request(&mut st, &mut recent, i, r).unwrap());
+        assert_eq!(apply(1, cmd(7, 5)), (true, 5));
+        assert_eq!(apply(2, cmd(8, 1)), (true, 6));
+        assert_eq!(apply(3, cmd(7, 5)), (false, 5));
+        // Entries without an id are applied every time.
+        assert_eq!(apply(4, Request::App(2)), (true, 8));
+        assert_eq!(apply(5, Request::App(2)), (true, 10));
+        assert_eq!(st.applied, 4);
+
+        // A restore starts a new history: the state is replaced and the ids forgotten alike on
+        // every member.
+        let json = serde_json::to_string(&Sum::default()).unwrap();
+        let r = apply_request(
+            &mut st,
+            &mut recent,
+            6,
+            Request::Restore { state_json: json },
+        );
+        assert!(matches!(r, Ok(Applied::Replaced)));
+        assert_eq!(recent.len(), 0);
+        assert_eq!(
+            output(apply_request(&mut st, &mut recent, 7, cmd(7, 5)).unwrap()),
+            (true, 5)
+        );
+        let bad = Request::Restore {
+            state_json: "{".into(),
+        };
+        assert!(apply_request(&mut st, &mut recent, 8, bad).is_err());
+    }
+
+    #[test]
+    fn recent_requests_are_bounded_and_keep_their_order_in_snapshots() {
+        let mut recent = RecentRequests::with_capacity(3);
+        for id in 1..=5u128 {
+            recent.insert(RequestId(id), id as u64 * 10);
+        }
+        assert_eq!(recent.len(), 3);
+        assert!(
+            recent.get(&RequestId(2)).is_none(),
+            "the oldest are forgotten"
+        );
+        assert_eq!(recent.get(&RequestId(3)), Some(&30));
+        // Inserting a known id changes nothing.
+        recent.insert(RequestId(3), 99);
+        assert_eq!(recent.len(), 3);
+
+        let json = serde_json::to_string(&recent).unwrap();
+        assert_eq!(
+            json,
+            format!(
+                "[[\"{:032x}\",30],[\"{:032x}\",40],[\"{:032x}\",50]]",
+                3, 4, 5
+            )
+        );
+        let back: RecentRequests<u64> = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.order, recent.order);
+        assert_eq!(back.outputs, recent.outputs);
+        assert_eq!(back.capacity, RECENT_REQUESTS);
+
+        let full = RecentRequests::<u64>::default();
+        assert_eq!(full.capacity, RECENT_REQUESTS);
+        let mut full = full;
+        for id in 0..(RECENT_REQUESTS as u128 + 10) {
+            full.insert(RequestId(id), 0);
+        }
+        assert_eq!(full.len(), RECENT_REQUESTS);
+        assert!(full.get(&RequestId(9)).is_none());
+        assert!(full.get(&RequestId(10)).is_some());
+    }
+
+    #[test]
+    fn request_ids_travel_as_hex() {
+        let id = RequestId(0xabc);
+        let json = serde_json::to_string(&id).unwrap();
+        assert_eq!(json, format!("\"{:032x}\"", 0xabc));
+        assert_eq!(serde_json::from_str::<RequestId>(&json).unwrap(), id);
+        let err = serde_json::from_str::<RequestId>("\"abc\"").unwrap_err();
+        assert!(err.to_string().contains("32 hexadecimal digits"), "{err}");
+        let bad = format!("\"{}\"", "z".repeat(32));
+        assert!(serde_json::from_str::<RequestId>(&bad).is_err());
+        assert_ne!(RequestId::random(), RequestId::random());
+    }
+
+    #[test]
+    fn snapshot_data_of_both_versions_decodes() {
+        let state = Sum {
+            total: 5,
+            applied: 1,
+        };
+        let mut recent = RecentRequests::default();
+        recent.insert(RequestId(7), 5u64);
+        let v2 = encode_state(&state, &recent).unwrap();
+        let (s, r) = decode_state::<Sum>(VERSION, &v2).unwrap();
+        assert_eq!(s, state);
+        assert_eq!(r.get(&RequestId(7)), Some(&5));
+        // Version 1: the state alone.
+        let v1 = serde_json::to_vec(&state).unwrap();
+        let (s, r) = decode_state::<Sum>(1, &v1).unwrap();
+        assert_eq!(s, state);
+        assert_eq!(r.len(), 0);
+        assert!(decode_state::<Sum>(VERSION, &v1).is_err());
+        assert!(decode_state::<Sum>(3, &v2).is_err());
+    }
 
     #[test]
     fn snapshot_file_roundtrip_and_truncation() {

@@ -1135,3 +1135,155 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure is a test failure
+
+    use serde::Deserialize;
+    use serde::Serialize;
+
+    use super::*;
+    use crate::mem::MemNetwork;
+
+    /// Sums what it is given; counts the applications.
+    #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+    struct Sum {
+        total: u64,
+        applied: u64,
+    }
+
+    impl StateMachine for Sum {
+        type Command = u64;
+        type Output = u64;
+        fn apply(&mut self, _index: u64, add: u64) -> u64 {
+            self.total += add;
+            self.applied += 1;
+            self.total
+        }
+    }
+
+    /// What `write` does, with a chosen request id: as if the same call were sent again.
+    async fn write_as(s: &Store<Sum>, id: u128, add: u64) -> u64 {
+        let req = Request::Cmd {
+            id: RequestId(id),
+            cmd: add,
+        };
+        match s
+            .submit(ForwardOp::Write(req), Duration::from_secs(10))
+            .await
+        {
+            Ok(ForwardOutput::Write {
+                response: Response::App(out),
+                ..
+            }) => out,
+            other => panic!("unexpected answer: {:?}", other.err()),
+        }
+    }
+
+    async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !f() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "timed out waiting for: {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    struct Node {
+        net: MemNetwork,
+        dir: tempfile::TempDir,
+        cfg: StoreConfig,
+    }
+
+    impl Node {
+        async fn open(&self, id: u64) -> Store<Sum> {
+            let dir = self.dir.path().join(format!("node-{id}"));
+            let s = Store::<Sum>::open(&dir, id, self.cfg.clone(), self.net.transport(id))
+                .await
+                .unwrap();
+            self.net.register(id, s.rpc_handler());
+            s
+        }
+    }
+
+    fn member(id: u64) -> MemberInfo {
+        MemberInfo::new(format!("127.0.0.{id}:2377"), format!("node-{id}"))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_is_applied_once_across_restarts_snapshots_and_members() {
+        let n = Node {
+            net: MemNetwork::new(),
+            dir: tempfile::tempdir().unwrap(),
+            cfg: StoreConfig {
+                snapshot_every_logs: 10,
+                keep_logs: 2,
+                ..Default::default()
+            },
+        };
+        let s = n.open(1).await;
+        s.bootstrap(member(1)).await.unwrap();
+        assert_eq!(write_as(&s, 7, 5).await, 5);
+        assert_eq!(write_as(&s, 7, 5).await, 5, "sent again: the first output");
+        assert_eq!(
+            s.read(|c| c.clone()),
+            Sum {
+                total: 5,
+                applied: 1
+            }
+        );
+
+        // Restarted, the state is rebuilt from the log, duplicates included.
+        s.shutdown().await.unwrap();
+        let s = n.open(1).await;
+        wait_until("leader again", || s.status().role == RaftRole::Leader).await;
+        assert_eq!(s.read(|c| c.applied), 1);
+        assert_eq!(write_as(&s, 7, 5).await, 5);
+
+        // Enough other writes for snapshots that cover the request, and a purged log.
+        for _ in 0..30 {
+            s.write(1).await.unwrap();
+        }
+        wait_until("snapshot and purge past the request", || {
+            let st = s.status();
+            st.snapshot_index.is_some_and(|i| i >= 20) && st.purged_index.is_some_and(|i| i >= 10)
+        })
+        .await;
+        s.shutdown().await.unwrap();
+        let s = n.open(1).await;
+        wait_until("leader again", || s.status().role == RaftRole::Leader).await;
+        assert_eq!(
+            s.read(|c| c.clone()),
+            Sum {
+                total: 35,
+                applied: 31
+            }
+        );
+        // Only the snapshot remembers the request now.
+        assert_eq!(write_as(&s, 7, 5).await, 5);
+        assert_eq!(s.read(|c| c.applied), 31);
+
+        // A new member receives the state by snapshot, the recent requests with it: it too
+        // recognises the request when it comes through the log again.
+        let s2 = n.open(2).await;
+        s.add_learner(2, member(2)).await.unwrap();
+        assert_eq!(write_as(&s, 7, 5).await, 5);
+        assert_eq!(write_as(&s, 8, 1).await, 36);
+        // 31 applications from the snapshot, then the duplicate (skipped) and request 8.
+        wait_until("the learner applies everything", || {
+            s2.read(|c| c.applied) >= 32
+        })
+        .await;
+        assert!(
+            s2.status().snapshot_index.is_some(),
+            "state came by snapshot"
+        );
+        assert_eq!(s2.read(|c| c.clone()), s.read(|c| c.clone()));
+        assert_eq!(s2.read(|c| c.applied), 32);
+        s.shutdown().await.unwrap();
+        s2.shutdown().await.unwrap();
+    }
+}

@@ -778,8 +778,8 @@ async fn forwarded_write_follows_a_new_leader_when_the_old_one_dies_silently() {
 
     // The follower still trusts the leader when it forwards; the forward hangs (a dead peer
     // never answers) until the follower sees a new leader and sends the write there.
-    c.kill_silently(leader).await;
     let killed_at = Instant::now();
+    c.kill_silently(leader).await;
     let out = f.write(set("first-after", "1")).await.unwrap();
     let elapsed = killed_at.elapsed();
     tracing::info!(
@@ -827,8 +827,8 @@ async fn abandoned_forward_committed_by_the_old_leader_is_applied_once() {
     let writer = tokio::spawn(async move { f.write(set("x", "1")).await });
     expected.insert("x".into(), "1".into());
     c.converge(&[1, 2, 3], &expected).await;
-    c.kill_silently(leader).await;
     let killed_at = Instant::now();
+    c.kill_silently(leader).await;
 
     // The follower abandons the forward and sends the write again to the new leader, whose
     // log already holds it: the state machine recognises the request and answers with the

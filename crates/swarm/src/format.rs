@@ -675,6 +675,7 @@ mod tests {
                 addr: "10.0.0.1:2377".into(),
             }),
             cert_expiry: 0,
+            network_keys: Default::default(),
         }
     }
 
@@ -887,6 +888,7 @@ id10      node10     Down      Drain                           0.1.0
             heartbeat_period_ms: 500,
             node_down_after_ms: 2_000,
             cert_expiry: 0,
+            network_keys: Default::default(),
             data_port: 51820,
             error: String::new(),
         };

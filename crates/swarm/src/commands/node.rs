@@ -453,6 +453,7 @@ mod tests {
             data_port: 51820,
             manager_status: None,
             cert_expiry: 0,
+            network_keys: Default::default(),
         }
     }
 

@@ -280,6 +280,7 @@ fn node(id: &str, host: &str, manager: Option<(bool, Reachability)>) -> Node {
             addr: "192.0.2.1:2377".into(),
         }),
         cert_expiry: 0,
+        network_keys: Default::default(),
     }
 }
 
@@ -330,6 +331,7 @@ pub fn info() -> Info {
         heartbeat_period_ms: 500,
         node_down_after_ms: 2_000,
         cert_expiry: 0,
+        network_keys: Default::default(),
         data_port: 51820,
         error: String::new(),
     }
