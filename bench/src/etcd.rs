@@ -171,7 +171,12 @@ impl EtcdCluster {
             .append(true)
             .open(&m.log)
             .map_err(|e| BenchError::io(format!("open {}", m.log.display()), e))?;
-        let _ = writeln!(log, "--- mesh-bench: {} {}", self.bin.display(), args.join(" "));
+        let _ = writeln!(
+            log,
+            "--- mesh-bench: {} {}",
+            self.bin.display(),
+            args.join(" ")
+        );
         let log_err = log
             .try_clone()
             .map_err(|e| BenchError::io(format!("duplicate {}", m.log.display()), e))?;
@@ -252,14 +257,8 @@ impl EtcdCluster {
         let ep = self.endpoint(i);
         let body = serde_json::json!({ "key": BASE64.encode(key), "value": BASE64.encode(value) });
         netns::run("etcd-api", Some(self.netns(i)), move || async move {
-            let _: serde_json::Value = request_json(
-                &ep,
-                Method::POST,
-                "/v3/kv/put",
-                Some(&body),
-                PROBE_TIMEOUT,
-            )
-            .await?;
+            let _: serde_json::Value =
+                request_json(&ep, Method::POST, "/v3/kv/put", Some(&body), PROBE_TIMEOUT).await?;
             Ok(())
         })
     }

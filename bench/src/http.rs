@@ -141,7 +141,8 @@ impl Conn {
         path: &str,
         body: Option<&(impl Serialize + ?Sized)>,
     ) -> Result<T, BenchError> {
-        let target = || format!("{}{path}", self.endpoint);
+        let target_text = format!("{}{path}", self.endpoint);
+        let target = || target_text.clone();
         let bytes = match body {
             Some(b) => Bytes::from(serde_json::to_vec(b).map_err(|e| BenchError::Http {
                 target: target(),

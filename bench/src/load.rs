@@ -143,7 +143,8 @@ pub async fn run(spec: LoadSpec) -> Result<LoadResult, BenchError> {
     let mut first_error = None;
     let mut last_done: Option<Instant> = None;
     while let Some(joined) = tasks.join_next().await {
-        let tally = joined.map_err(|e| BenchError::Cluster(format!("a client task failed: {e}")))?;
+        let tally =
+            joined.map_err(|e| BenchError::Cluster(format!("a client task failed: {e}")))?;
         all.extend(tally.latencies);
         errors += tally.errors;
         if first_error.is_none() {
@@ -377,9 +378,7 @@ mod tests {
 
     #[test]
     fn meshd_writes_are_label_deltas_per_client() {
-        let w = Workload::MeshdLabel {
-            node: "abc".into(),
-        };
+        let w = Workload::MeshdLabel { node: "abc".into() };
         let (path, body) = w.request(7, 42);
         assert_eq!(path, "/v1/nodes/abc/update");
         let upd: mesh_api::node::NodeUpdate = serde_json::from_slice(&body).unwrap();

@@ -82,15 +82,13 @@ impl MeshdCluster {
                 SETUP_TIMEOUT,
             )?;
         }
-        let nodes = self.lab.wait_until(
-            &format!("{hosts} nodes ready"),
-            timeout,
-            || {
+        let nodes = self
+            .lab
+            .wait_until(&format!("{hosts} nodes ready"), timeout, || {
                 let ns = self.nodes(1).ok()?;
                 (ns.len() == hosts && ns.iter().all(|n| n.status.state == NodeState::Ready))
                     .then_some(ns)
-            },
-        )?;
+            })?;
         for n in nodes {
             let host = n
                 .description

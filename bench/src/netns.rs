@@ -85,9 +85,11 @@ mod tests {
 
     #[test]
     fn a_missing_namespace_is_an_error_naming_it() {
-        let err = run("t", Some(PathBuf::from("/var/run/netns/none-such")), || async {
-            Ok(())
-        })
+        let err = run(
+            "t",
+            Some(PathBuf::from("/var/run/netns/none-such")),
+            || async { Ok(()) },
+        )
         .unwrap_err()
         .to_string();
         assert!(err.contains("none-such"), "{err}");

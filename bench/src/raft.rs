@@ -88,8 +88,7 @@ impl RaftOptions {
                 reason: reason.to_owned(),
             })
         };
-        if self.duration < Duration::from_millis(100) || self.duration > Duration::from_secs(600)
-        {
+        if self.duration < Duration::from_millis(100) || self.duration > Duration::from_secs(600) {
             return bad("--duration", "must be between 0.1 and 600 seconds");
         }
         if self.warmup > Duration::from_secs(60) {

@@ -13,7 +13,10 @@ pub mod node;
 pub use cluster::{Cluster, ClusterSpec, DispatcherConfig, JoinTokens, RootCa};
 pub use error::ValidationError;
 pub use ids::new_id;
-pub use network::{ConnectRequest, ConnectResponse, DisconnectRequest, Endpoint, EndpointOwner, Network, NetworkSpec, NetworkView};
+pub use network::{
+    ConnectRequest, ConnectResponse, DisconnectRequest, Endpoint, EndpointOwner, Network,
+    NetworkSpec, NetworkView,
+};
 pub use node::{
     Availability, ManagerStatus, Node, NodeDescription, NodeRole, NodeSpec, NodeState, NodeStatus,
     Reachability,

@@ -83,6 +83,9 @@ pub enum EndpointOwner {
     Netns {
         /// Path of the namespace, e.g. `/var/run/netns/foo`.
         path: String,
+        /// Interface name inside it (e.g. `eth0`).
+        #[serde(default)]
+        ifname: String,
     },
     /// A standard WireGuard peer outside the cluster, reached through one node.
     External {
@@ -181,7 +184,10 @@ pub struct NetworkView {
 
 /// Checks a network name like docker: `[A-Za-z0-9][A-Za-z0-9_.-]*`, at most 64 characters.
 pub fn validate_name(name: &str) -> Result<(), ValidationError> {
-    let ok_first = name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    let ok_first = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric());
     let ok_rest = name
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
@@ -333,7 +339,11 @@ mod tests {
 
     #[test]
     fn wg_keys() {
-        validate_wg_key("--wg-public-key", "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=").unwrap();
+        validate_wg_key(
+            "--wg-public-key",
+            "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=",
+        )
+        .unwrap();
         assert!(validate_wg_key("--wg-public-key", "short").is_err());
     }
 }

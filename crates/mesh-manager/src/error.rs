@@ -101,6 +101,12 @@ impl From<ManagerError> for RemoteError {
             ManagerError::NoQuorum(_) => codes::NO_QUORUM,
             ManagerError::Removed(_) => codes::REMOVED,
             ManagerError::Invalid(_) | ManagerError::Decode(_) => codes::INVALID,
+            ManagerError::NotFound(_) => codes::NOT_FOUND,
+            ManagerError::Rejected(r) => match r.kind {
+                RejectKind::NotFound => codes::NOT_FOUND,
+                RejectKind::Conflict => codes::CONFLICT,
+                RejectKind::FailedPrecondition => codes::FAILED_PRECONDITION,
+            },
             _ => codes::INTERNAL,
         };
         let message = match &e {

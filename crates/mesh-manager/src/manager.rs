@@ -359,6 +359,9 @@ impl Manager {
             rpc::RENEW => self.rpc_renew(&peer, &body).await,
             rpc::LEAVE => self.rpc_leave(&peer).await,
             rpc::PING => self.authorize(&peer, false).and_then(|_| encode(&"pong")),
+            rpc::NETWORK_MAP => self.rpc_network_map(&peer),
+            rpc::ATTACH => self.rpc_attach(&peer, &body).await,
+            rpc::DETACH => self.rpc_detach(&peer, &body).await,
             rpc::RAFT => match self.authorize(&peer, true) {
                 Ok(_) => Ok(self.store.handle_rpc(body).await),
                 Err(e) => Err(e),
@@ -522,6 +525,21 @@ impl Manager {
         let Some(node) = node else {
             return Err(ManagerError::Removed(id));
         };
+        if node.network_keys != hb.network_keys {
+            for (net, key) in &hb.network_keys {
+                mesh_api::network::validate_wg_key("network key", key)
+                    .map_err(|e| ManagerError::Decode(format!("network {net}: {e}")))?;
+            }
+            if let Err(e) = self
+                .write(Command::SetNetworkKeys {
+                    node_id: id.clone(),
+                    keys: hb.network_keys.clone(),
+                })
+                .await
+            {
+                debug!(error = %e, node = %id, "could not record network keys");
+            }
+        }
         let changed = node.description != report.description
             || node.status.addr != report.addr
             || node.control_addr != report.control_addr
@@ -559,6 +577,7 @@ impl Manager {
             raft_member: member,
             managers: self.manager_addrs(),
             heartbeat_period_ms: period,
+            network_version: self.store.read(|s| s.network_version),
         })
     }
 
@@ -627,6 +646,130 @@ impl Manager {
         }
         info!(node = %id, "node left the swarm");
         encode(&"ok")
+    }
+
+    fn rpc_network_map(&self, peer: &Peer) -> Result<Vec<u8>, ManagerError> {
+        let id = self.authorize(peer, false)?;
+        encode(&self.store.read(|s| network_map(s, &id)))
+    }
+
+    async fn rpc_attach(&self, peer: &Peer, body: &[u8]) -> Result<Vec<u8>, ManagerError> {
+        let node_id = self.authorize(peer, false)?;
+        let req: rpc::AttachRequest = decode(body)?;
+        let (endpoint, network) = self.attach(&node_id, &req).await?;
+        encode(&rpc::AttachResponse { endpoint, network })
+    }
+
+    /// Creates (or finds) the endpoint of `req.owner` on `node_id`.
+    pub async fn attach(
+        &self,
+        node_id: &str,
+        req: &rpc::AttachRequest,
+    ) -> Result<(mesh_api::Endpoint, mesh_api::Network), ManagerError> {
+        let net = self
+            .store
+            .read(|s| s.resolve_network(&req.network).cloned())
+            .ok_or_else(|| no_such_network(&req.network))?;
+        if let mesh_api::EndpointOwner::External { public_key, .. } = &req.owner {
+            mesh_api::network::validate_wg_key("--wg-public-key", public_key)?;
+        }
+        let applied = self
+            .write(Command::CreateEndpoint {
+                id: new_id(),
+                network_id: net.id.clone(),
+                node_id: node_id.to_string(),
+                owner: req.owner.clone(),
+                ip: req.ip,
+                now: now_ms(),
+            })
+            .await?;
+        let ep_id = applied.object.unwrap_or_default();
+        let ep = self
+            .store
+            .read(|s| s.endpoints.get(&ep_id).cloned())
+            .ok_or_else(|| ManagerError::NotFound(format!("endpoint {ep_id} vanished")))?;
+        Ok((ep, net))
+    }
+
+    async fn rpc_detach(&self, peer: &Peer, body: &[u8]) -> Result<Vec<u8>, ManagerError> {
+        let node_id = self.authorize(peer, false)?;
+        let req: rpc::DetachRequest = decode(body)?;
+        let net = self
+            .store
+            .read(|s| s.resolve_network(&req.network).cloned())
+            .ok_or_else(|| no_such_network(&req.network))?;
+        let found = self.store.read(|s| {
+            s.endpoints
+                .values()
+                .find(|e| {
+                    e.network_id == net.id
+                        && match (&req.endpoint, &req.netns) {
+                            (Some(id), _) => {
+                                e.id == *id || (id.len() >= 6 && e.id.starts_with(id.as_str()))
+                            }
+                            (None, Some(path)) => {
+                                e.node_id == node_id
+                                    && matches!(&e.owner, mesh_api::EndpointOwner::Netns { path: p, .. } if p == path)
+                            }
+                            (None, None) => false,
+                        }
+                })
+                .cloned()
+        });
+        let Some(ep) = found else {
+            return Err(ManagerError::NotFound(format!(
+                "no such endpoint on network {}: {}",
+                net.spec.name,
+                req.endpoint.or(req.netns).unwrap_or_default()
+            )));
+        };
+        self.write(Command::RemoveEndpoint { id: ep.id.clone() })
+            .await?;
+        encode(&ep)
+    }
+
+    /// `swarm network create`.
+    pub async fn create_network(
+        &self,
+        spec: mesh_api::NetworkSpec,
+    ) -> Result<mesh_api::Network, ManagerError> {
+        spec.validate()?;
+        let id = new_id();
+        self.write(Command::CreateNetwork {
+            id: id.clone(),
+            spec,
+            now: now_ms(),
+        })
+        .await?;
+        self.store
+            .read(|s| s.networks.get(&id).cloned())
+            .ok_or_else(|| ManagerError::NotFound(format!("network {id} vanished")))
+    }
+
+    /// `swarm network rm`.
+    pub async fn remove_network(&self, reference: &str) -> Result<(), ManagerError> {
+        let net = self
+            .store
+            .read(|s| s.resolve_network(reference).cloned())
+            .ok_or_else(|| no_such_network(reference))?;
+        self.write(Command::RemoveNetwork { id: net.id }).await?;
+        Ok(())
+    }
+
+    /// `swarm network ls`.
+    pub fn list_networks(&self) -> Vec<mesh_api::NetworkView> {
+        self.store.read(|s| {
+            let mut v: Vec<_> = s.networks.values().map(|n| network_view(s, n)).collect();
+            v.sort_by(|a, b| a.network.spec.name.cmp(&b.network.spec.name));
+            v
+        })
+    }
+
+    /// `swarm network inspect`.
+    pub fn get_network(&self, reference: &str) -> Result<mesh_api::NetworkView, ManagerError> {
+        self.store
+            .read(|s| s.resolve_network(reference).map(|n| network_view(s, n)))
+            .ok_or_else(|| no_such_network(reference))
     }
 
     // ---------------------------------------------------------------- API
@@ -838,5 +981,62 @@ impl Manager {
             snapshot_index: status.snapshot_index.unwrap_or(0),
             has_quorum: status.has_quorum,
         });
+    }
+}
+
+fn no_such_network(reference: &str) -> ManagerError {
+    ManagerError::NotFound(format!(
+        "no such network: {reference}; list them with `swarm network ls`"
+    ))
+}
+
+fn network_view(s: &ClusterState, n: &mesh_api::Network) -> mesh_api::NetworkView {
+    let mut endpoints: Vec<_> = s
+        .endpoints
+        .values()
+        .filter(|e| e.network_id == n.id)
+        .cloned()
+        .collect();
+    endpoints.sort_by_key(|e| e.ip);
+    mesh_api::NetworkView {
+        network: n.clone(),
+        endpoints,
+    }
+}
+
+/// The networks node `node_id` serves an endpoint of, with everything it needs to
+/// plumb them (pure).
+pub fn network_map(s: &ClusterState, node_id: &str) -> rpc::NetworkMap {
+    let mut networks = Vec::new();
+    for n in s.networks.values() {
+        let endpoints: Vec<_> = s
+            .endpoints
+            .values()
+            .filter(|e| e.network_id == n.id)
+            .cloned()
+            .collect();
+        if !endpoints.iter().any(|e| e.node_id == node_id) {
+            continue;
+        }
+        let node_ids: BTreeSet<&str> = endpoints.iter().map(|e| e.node_id.as_str()).collect();
+        let nodes = node_ids
+            .into_iter()
+            .filter_map(|id| s.nodes.get(id))
+            .map(|node| rpc::PeerNode {
+                node_id: node.id.clone(),
+                addr: node.status.addr.clone(),
+                data_port: node.data_port,
+                public_key: node.network_keys.get(&n.id).cloned(),
+            })
+            .collect();
+        networks.push(rpc::NetworkAssignment {
+            network: n.clone(),
+            endpoints,
+            nodes,
+        });
+    }
+    rpc::NetworkMap {
+        version: s.network_version,
+        networks,
     }
 }

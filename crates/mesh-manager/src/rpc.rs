@@ -9,7 +9,10 @@
 //! - [`PING`]: node certificate; liveness between managers.
 //! - [`RAFT`]: manager certificate; opaque Raft traffic for `mesh-store`.
 
-use mesh_api::{NodeDescription, NodeRole};
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use mesh_api::{Endpoint, EndpointOwner, Network, NodeDescription, NodeRole};
 use serde::{Deserialize, Serialize};
 
 /// Root CA request (anonymous).
@@ -26,6 +29,12 @@ pub const LEAVE: &str = "leave";
 pub const PING: &str = "ping";
 /// Raft traffic.
 pub const RAFT: &str = "raft";
+/// The overlay networks this node takes part in, with their endpoints and peers.
+pub const NETWORK_MAP: &str = "network_map";
+/// Create an endpoint of a network on the calling node.
+pub const ATTACH: &str = "attach";
+/// Remove an endpoint of the calling node.
+pub const DETACH: &str = "detach";
 
 /// Error codes carried in `RemoteError::code`.
 pub mod codes {
@@ -45,6 +54,12 @@ pub mod codes {
     pub const INVALID: &str = "invalid";
     /// Anything else.
     pub const INTERNAL: &str = "internal";
+    /// No such object.
+    pub const NOT_FOUND: &str = "not_found";
+    /// Conflicts with the current state.
+    pub const CONFLICT: &str = "conflict";
+    /// Refused in the current state.
+    pub const FAILED_PRECONDITION: &str = "failed_precondition";
     /// This daemon is not a manager.
     pub const NOT_MANAGER: &str = "not_manager";
 }
@@ -98,6 +113,9 @@ pub struct Heartbeat {
     pub raft_id: u64,
     /// Expiry of the current certificate.
     pub cert_expiry: u64,
+    /// This node's WireGuard public key per network (network ID → base64).
+    #[serde(default)]
+    pub network_keys: BTreeMap<String, String>,
 }
 
 /// `heartbeat` answer.
@@ -111,6 +129,9 @@ pub struct HeartbeatResponse {
     pub managers: Vec<String>,
     /// When to send the next heartbeat.
     pub heartbeat_period_ms: u64,
+    /// Version of the overlay state; refetch the network map when it changes.
+    #[serde(default)]
+    pub network_version: u64,
 }
 
 /// `renew` request.
@@ -127,4 +148,68 @@ pub struct RenewResponse {
     pub cert_pem: String,
     /// Role it carries.
     pub role: NodeRole,
+}
+
+/// A node taking part in an overlay network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerNode {
+    /// Node ID.
+    pub node_id: String,
+    /// Its underlay IP.
+    pub addr: String,
+    /// Its overlay data port.
+    pub data_port: u16,
+    /// Its public key for this network, once published.
+    pub public_key: Option<String>,
+}
+
+/// One network as a node needs it to plumb its part.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkAssignment {
+    /// The network.
+    pub network: Network,
+    /// Every endpoint of the network, on every node.
+    pub endpoints: Vec<Endpoint>,
+    /// Every node serving an endpoint of the network.
+    pub nodes: Vec<PeerNode>,
+}
+
+/// `network_map` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct NetworkMap {
+    /// `network_version` it reflects.
+    pub version: u64,
+    /// Networks with an endpoint on the calling node.
+    pub networks: Vec<NetworkAssignment>,
+}
+
+/// `attach` request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AttachRequest {
+    /// Network ID, name or ID prefix.
+    pub network: String,
+    /// Who holds the endpoint.
+    pub owner: EndpointOwner,
+    /// A specific address, if asked for.
+    pub ip: Option<Ipv4Addr>,
+}
+
+/// `attach` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AttachResponse {
+    /// The endpoint (new or existing).
+    pub endpoint: Endpoint,
+    /// Its network.
+    pub network: Network,
+}
+
+/// `detach` request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DetachRequest {
+    /// Network ID, name or ID prefix.
+    pub network: String,
+    /// Namespace path of the endpoint to remove.
+    pub netns: Option<String>,
+    /// Or its ID.
+    pub endpoint: Option<String>,
 }

@@ -231,6 +231,19 @@ pub struct Applied {
     pub object: Option<String>,
 }
 
+/// Whether two owners are the same holder: the same namespace (whatever the interface
+/// name), or the same WireGuard key.
+fn same_holder(a: &EndpointOwner, b: &EndpointOwner) -> bool {
+    match (a, b) {
+        (EndpointOwner::Netns { path: p, .. }, EndpointOwner::Netns { path: q, .. }) => p == q,
+        (
+            EndpointOwner::External { public_key: k, .. },
+            EndpointOwner::External { public_key: l, .. },
+        ) => k == l,
+        _ => false,
+    }
+}
+
 fn reject(kind: RejectKind, message: impl Into<String>) -> Output {
     Err(Rejected {
         kind,
@@ -295,7 +308,7 @@ impl ClusterState {
             .map(|n| n.description.hostname.as_str())
             .unwrap_or(e.node_id.as_str());
         match &e.owner {
-            EndpointOwner::Netns { path } => format!("{} on {host} (netns {path})", e.ip),
+            EndpointOwner::Netns { path, .. } => format!("{} on {host} (netns {path})", e.ip),
             EndpointOwner::External { .. } => format!("{} on {host} (WireGuard peer)", e.ip),
         }
     }
@@ -672,7 +685,9 @@ impl ClusterState {
                     );
                 }
                 if let Some(existing) = self.endpoints.values().find(|e| {
-                    e.network_id == network_id && e.node_id == node_id && e.owner == owner
+                    e.network_id == network_id
+                        && e.node_id == node_id
+                        && same_holder(&e.owner, &owner)
                 }) {
                     return Ok(Applied {
                         index,
@@ -1057,7 +1072,10 @@ pub(crate) mod tests {
                 id: id.into(),
                 network_id: net.into(),
                 node_id: "n1".into(),
-                owner: EndpointOwner::Netns { path: path.into() },
+                owner: EndpointOwner::Netns {
+                    path: path.into(),
+                    ifname: "eth0".into(),
+                },
                 ip: None,
                 now: 1,
             },

@@ -774,7 +774,10 @@ impl<S: StateMachine> Store<S> {
             }
             // No usable leader right now: an election may be under way, or we are cut off.
             let m = rx.borrow_and_update().clone();
-            let leaderless = m.current_leader.is_none();
+            // A leader gone silent counts as none.
+            let leaderless = m
+                .current_leader
+                .is_none_or(|l| l != self.inner.id && !self.heard_from_recently(l));
             // Past the grace period, keep waiting only while a majority still answers (an
             // election among reachable members is then under way).
             if start.elapsed() >= cfg.leader_grace() && !self.majority_heard(&m) {

@@ -69,6 +69,7 @@ async fn heartbeat(
         data_port: daemon.config().data_port,
         raft_id: st.raft_id,
         cert_expiry: expiry,
+        network_keys: active.net().public_keys(),
     })?;
     let mut targets: Vec<String> = leader_hint.iter().cloned().collect();
     targets.extend(st.managers.iter().cloned());

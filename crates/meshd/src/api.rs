@@ -59,6 +59,10 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .route(routes::NODES, get(node_ls))
         .route(routes::NODE, get(node_inspect).delete(node_rm))
         .route(routes::NODE_UPDATE, post(node_update))
+        .route(routes::NETWORKS, get(network_ls).post(network_create))
+        .route(routes::NETWORK, get(network_inspect).delete(network_rm))
+        .route(routes::NETWORK_CONNECT, post(network_connect))
+        .route(routes::NETWORK_DISCONNECT, post(network_disconnect))
         .fallback(not_found)
         .with_state(d)
 }
@@ -166,5 +170,45 @@ async fn node_rm(
     Query(q): Query<NodeRemoveQuery>,
 ) -> ApiResult<Empty> {
     d.manager()?.remove_node(&node, q.force).await?;
+    Ok(Json(Empty {}))
+}
+
+async fn network_ls(State(d): State<Arc<Daemon>>) -> ApiResult<Vec<mesh_api::NetworkView>> {
+    Ok(Json(d.manager()?.list_networks()))
+}
+
+async fn network_create(
+    State(d): State<Arc<Daemon>>,
+    Json(spec): Json<mesh_api::NetworkSpec>,
+) -> ApiResult<mesh_api::Network> {
+    Ok(Json(d.manager()?.create_network(spec).await?))
+}
+
+async fn network_inspect(
+    State(d): State<Arc<Daemon>>,
+    Path(network): Path<String>,
+) -> ApiResult<mesh_api::NetworkView> {
+    Ok(Json(d.manager()?.get_network(&network)?))
+}
+
+async fn network_rm(State(d): State<Arc<Daemon>>, Path(network): Path<String>) -> ApiResult<Empty> {
+    d.manager()?.remove_network(&network).await?;
+    Ok(Json(Empty {}))
+}
+
+async fn network_connect(
+    State(d): State<Arc<Daemon>>,
+    Path(network): Path<String>,
+    Json(req): Json<mesh_api::ConnectRequest>,
+) -> ApiResult<mesh_api::ConnectResponse> {
+    Ok(Json(d.connect(&network, req).await?))
+}
+
+async fn network_disconnect(
+    State(d): State<Arc<Daemon>>,
+    Path(network): Path<String>,
+    Json(req): Json<mesh_api::DisconnectRequest>,
+) -> ApiResult<Empty> {
+    d.disconnect(&network, req).await?;
     Ok(Json(Empty {}))
 }

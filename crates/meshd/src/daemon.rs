@@ -25,6 +25,7 @@ use tracing::{error, info, warn};
 
 use crate::config::{Config, parse_advertise, parse_listen};
 use crate::local::{DataDir, LocalState};
+use crate::network::NetRuntime;
 
 /// Timeout of control-plane calls made on behalf of a user command.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -111,6 +112,7 @@ pub struct Active {
     slot: Arc<ManagerSlot>,
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    net: Arc<NetRuntime>,
 }
 
 impl Active {
@@ -260,6 +262,10 @@ impl Daemon {
             .with_context(|| format!("listening on {listen} (--listen-addr)"))?,
         );
         let (stop, _) = watch::channel(false);
+        let net = Arc::new(
+            NetRuntime::start(&state.node_id, &self.cfg.data_dir, self.cfg.data_port)
+                .context("starting the overlay data plane")?,
+        );
         let active = Arc::new(Active {
             state: Mutex::new(state),
             creds: RwLock::new(creds),
@@ -267,6 +273,7 @@ impl Daemon {
             slot,
             stop,
             tasks: Mutex::new(Vec::new()),
+            net,
         });
         if run_manager {
             self.start_manager(&active).await?;
@@ -489,7 +496,7 @@ impl Daemon {
         .await;
         if let Err(e) = result {
             error!(error = format!("{e:#}"), "swarm init failed; undoing");
-            self.deactivate().await;
+            self.deactivate(true).await;
             let _ = self.dir.wipe();
             return Err(internal(format!("swarm init failed: {e:#}")));
         }
@@ -643,7 +650,7 @@ impl Daemon {
         }
         .await;
         if let Err(e) = res {
-            self.deactivate().await;
+            self.deactivate(true).await;
             let _ = self.dir.wipe();
             return Err(internal(format!("joined, but could not start: {e:#}")));
         }
@@ -688,17 +695,20 @@ impl Daemon {
                 break;
             }
         }
-        self.deactivate().await;
+        self.deactivate(true).await;
         self.dir.wipe().map_err(internal)?;
         info!("left the swarm");
         Ok(())
     }
 
-    /// Stops everything of the active phase (transport, agent, manager).
-    pub async fn deactivate(&self) {
+    /// Stops everything of the active phase (transport, agent, manager, overlay).
+    /// With `remove`, the overlay's sandboxes go too (leaving the cluster).
+    pub async fn deactivate(&self, remove: bool) {
         let active = self.active.write().ok().and_then(|mut g| g.take());
         let Some(active) = active else { return };
         let _ = active.stop.send(true);
+        let net = Arc::clone(&active.net);
+        let _ = tokio::task::spawn_blocking(move || net.stop(remove)).await;
         self.stop_manager(&active, false).await;
         let tasks: Vec<_> = active
             .tasks
@@ -709,6 +719,118 @@ impl Daemon {
             t.abort();
         }
         active.transport.close().await;
+    }
+
+    /// `swarm network connect`: an endpoint of `network` on this node.
+    pub async fn connect(
+        &self,
+        network: &str,
+        req: mesh_api::ConnectRequest,
+    ) -> Result<mesh_api::ConnectResponse, ErrorBody> {
+        let Some(active) = self.active() else {
+            return Err(api_err(ErrorKind::NotManager, NOT_IN_SWARM));
+        };
+        let owner = match (&req.netns, &req.wg_public_key) {
+            (Some(path), None) => {
+                let p = std::path::Path::new(path);
+                if !mesh_sandbox::netns_exists(p) {
+                    return Err(api_err(
+                        ErrorKind::InvalidArgument,
+                        format!(
+                            "invalid --netns: {path} is not a network namespace; create one with `ip netns add NAME` and pass /var/run/netns/NAME"
+                        ),
+                    ));
+                }
+                let ifname = match &req.ifname {
+                    Some(n) => {
+                        validate_ifname(n)?;
+                        n.clone()
+                    }
+                    None => free_ifname(p).await,
+                };
+                mesh_api::EndpointOwner::Netns {
+                    path: path.clone(),
+                    ifname,
+                }
+            }
+            (None, Some(key)) => {
+                mesh_api::network::validate_wg_key("--wg-public-key", key)?;
+                mesh_api::EndpointOwner::External {
+                    public_key: key.clone(),
+                    endpoint: req.wg_endpoint,
+                }
+            }
+            _ => {
+                return Err(api_err(
+                    ErrorKind::InvalidArgument,
+                    "give exactly one of --netns PATH or --wg-public-key KEY",
+                ));
+            }
+        };
+        let body = serde_json::to_vec(&mesh_manager::rpc::AttachRequest {
+            network: network.to_string(),
+            owner,
+            ip: req.ip,
+        })
+        .map_err(internal)?;
+        let reply = active
+            .call_manager(rpc::ATTACH, body, CALL_TIMEOUT)
+            .await
+            .map_err(remote_err)?;
+        let att: mesh_manager::rpc::AttachResponse =
+            serde_json::from_slice(&reply).map_err(internal)?;
+        if let Err(e) = active.sync_network().await {
+            // Undo: the address goes back to the pool.
+            let body = serde_json::to_vec(&mesh_manager::rpc::DetachRequest {
+                network: att.network.id.clone(),
+                netns: None,
+                endpoint: Some(att.endpoint.id.clone()),
+            })
+            .map_err(internal)?;
+            let _ = active.call_manager(rpc::DETACH, body, CALL_TIMEOUT).await;
+            return Err(internal(format!("plumbing the endpoint failed: {e:#}")));
+        }
+        let st = active.local();
+        Ok(mesh_api::ConnectResponse {
+            subnet: att.network.subnet,
+            gateway: att.network.gateway,
+            mtu: att.network.mtu,
+            node_public_key: active.net.public_key(&att.network.id),
+            node_endpoint: crate::network::data_endpoint(&st.advertise_addr, self.cfg.data_port),
+            endpoint: att.endpoint,
+        })
+    }
+
+    /// `swarm network disconnect`.
+    pub async fn disconnect(
+        &self,
+        network: &str,
+        req: mesh_api::DisconnectRequest,
+    ) -> Result<(), ErrorBody> {
+        let Some(active) = self.active() else {
+            return Err(api_err(ErrorKind::NotManager, NOT_IN_SWARM));
+        };
+        if req.netns.is_none() == req.endpoint.is_none() {
+            return Err(api_err(
+                ErrorKind::InvalidArgument,
+                "give exactly one of --netns PATH or --endpoint ID",
+            ));
+        }
+        let body = serde_json::to_vec(&mesh_manager::rpc::DetachRequest {
+            network: network.to_string(),
+            netns: req.netns,
+            endpoint: req.endpoint,
+        })
+        .map_err(internal)?;
+        active
+            .call_manager(rpc::DETACH, body, CALL_TIMEOUT)
+            .await
+            .map_err(remote_err)?;
+        active
+            .sync_network()
+            .await
+            .map_err(|e| internal(format!("unplumbing the endpoint: {e:#}")))?;
+        Ok(())
     }
 
     /// `swarm info`.
@@ -750,8 +872,63 @@ impl Daemon {
 
     /// Clean shutdown (SIGTERM): the node stays in its cluster and resumes on restart.
     pub async fn shutdown(&self) {
-        self.deactivate().await;
+        self.deactivate(false).await;
     }
+}
+
+/// Maps an error of a manager call to an API error.
+fn remote_err(e: mesh_transport::CallError) -> ErrorBody {
+    match e {
+        mesh_transport::CallError::Remote(r) => {
+            let kind = match r.code.as_str() {
+                codes::INVALID | codes::BAD_TOKEN => ErrorKind::InvalidArgument,
+                codes::NO_QUORUM | codes::NOT_LEADER => ErrorKind::NoQuorum,
+                codes::NOT_FOUND => ErrorKind::NotFound,
+                codes::CONFLICT => ErrorKind::Conflict,
+                codes::FAILED_PRECONDITION => ErrorKind::FailedPrecondition,
+                _ => ErrorKind::Internal,
+            };
+            api_err(kind, r.message)
+        }
+        other => api_err(
+            ErrorKind::NoQuorum,
+            format!("no manager reachable: {other}"),
+        ),
+    }
+}
+
+fn validate_ifname(n: &str) -> Result<(), ErrorBody> {
+    if n.is_empty()
+        || n.len() > 15
+        || !n
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(api_err(
+            ErrorKind::InvalidArgument,
+            format!("invalid --ifname: {n:?}; use 1 to 15 letters, digits, '-', '_' or '.'"),
+        ));
+    }
+    Ok(())
+}
+
+/// The first `ethN` not present in the namespace at `path`.
+async fn free_ifname(path: &std::path::Path) -> String {
+    let p = path.to_path_buf();
+    let names = tokio::task::spawn_blocking(move || {
+        mesh_sandbox::run_in_netns(&p, || {
+            nix::ifaddrs::getifaddrs()
+                .map(|i| i.map(|a| a.interface_name).collect::<Vec<_>>())
+                .unwrap_or_default()
+        })
+        .unwrap_or_default()
+    })
+    .await
+    .unwrap_or_default();
+    (0..)
+        .map(|i| format!("eth{i}"))
+        .find(|n| !names.contains(n))
+        .unwrap_or_else(|| "eth0".into())
 }
 
 /// A random non-zero Raft member ID.
@@ -834,5 +1011,57 @@ impl Active {
     }
     pub(crate) fn current_manager(&self) -> Option<Arc<Manager>> {
         self.manager()
+    }
+    pub(crate) fn net(&self) -> &Arc<NetRuntime> {
+        &self.net
+    }
+
+    /// Calls `method` on the managers, trying each known one until one answers.
+    pub(crate) async fn call_manager(
+        &self,
+        method: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, mesh_transport::CallError> {
+        let mut last = mesh_transport::CallError::Connect("no manager address known".into());
+        for target in self.local().managers {
+            let Ok(addr) = target.parse::<SocketAddr>() else {
+                continue;
+            };
+            match self.transport.call(addr, method, body.clone(), timeout).await {
+                Ok(r) => return Ok(r),
+                Err(e @ mesh_transport::CallError::Remote(_)) => return Err(e),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// Fetches the network map and brings the overlay in line with it; releases the
+    /// addresses of endpoints whose namespace is gone.
+    pub(crate) async fn sync_network(self: &Arc<Self>) -> anyhow::Result<()> {
+        let _g = self.net.sync_lock.lock().await;
+        let reply = self
+            .call_manager(rpc::NETWORK_MAP, Vec::new(), CALL_TIMEOUT)
+            .await
+            .context("fetching the network map")?;
+        let map: mesh_manager::rpc::NetworkMap = serde_json::from_slice(&reply)?;
+        let net = Arc::clone(&self.net);
+        let stale = tokio::task::spawn_blocking(move || net.apply_map(&map))
+            .await
+            .context("overlay task")??;
+        for (network, endpoint) in stale {
+            warn!(%network, %endpoint, "endpoint's namespace is gone: releasing its address");
+            let body = serde_json::to_vec(&mesh_manager::rpc::DetachRequest {
+                network,
+                netns: None,
+                endpoint: Some(endpoint),
+            })?;
+            if let Err(e) = self.call_manager(rpc::DETACH, body, CALL_TIMEOUT).await {
+                warn!(error = %e, "could not release a stale endpoint");
+            }
+            self.net.invalidate();
+        }
+        Ok(())
     }
 }

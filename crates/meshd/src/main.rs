@@ -5,6 +5,8 @@ mod api;
 mod config;
 mod daemon;
 mod local;
+mod netplan;
+mod network;
 mod remote;
 
 use std::os::unix::fs::PermissionsExt;

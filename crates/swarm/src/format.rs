@@ -1,12 +1,13 @@
 //! Pure formatting and parsing: the table writer, durations, timestamps, sizes and the
-//! human-readable blocks printed by `info`, `node ls`, `node inspect --pretty` and the
-//! join instructions. Nothing here does I/O.
+//! human-readable blocks printed by `info`, `node ls`, `node inspect --pretty`,
+//! `network ls`, `network connect` and the join instructions. Nothing here does I/O.
 
 use std::cmp::Ordering;
 use std::fmt::Write as _;
 
 use mesh_api::api::{Info, InitResponse};
-use mesh_api::{Availability, Node, NodeRole, Reachability};
+use mesh_api::ids::short_id;
+use mesh_api::{Availability, ConnectResponse, NetworkView, Node, NodeRole, Reachability};
 use serde::Serialize;
 
 /// Columns narrower than this are padded up to it (docker's tabwriter `minwidth`).
@@ -626,6 +627,61 @@ pub fn init_message(resp: &InitResponse) -> String {
     )
 }
 
+/// The SCOPE column of `network ls`: every meshd network spans the swarm.
+pub const NETWORK_SCOPE: &str = "swarm";
+
+/// The order of `docker network ls`: by name (natural order), then by ID.
+pub fn network_order(x: &NetworkView, y: &NetworkView) -> Ordering {
+    natural_cmp(&x.network.spec.name, &y.network.spec.name)
+        .then_with(|| x.network.id.cmp(&y.network.id))
+}
+
+/// A network ID as `network ls` prints it: the first 12 characters, or whole with
+/// `--no-trunc`.
+pub fn network_id(id: &str, no_trunc: bool) -> &str {
+    if no_trunc { id } else { short_id(id) }
+}
+
+/// The `network ls` table, docker's four columns: `NETWORK ID`, `NAME`, `DRIVER`,
+/// `SCOPE`. Networks are printed in the order given (see [`network_order`]).
+pub fn network_table(networks: &[NetworkView], no_trunc: bool) -> String {
+    let mut table = Table::new(["NETWORK ID", "NAME", "DRIVER", "SCOPE"]);
+    for v in networks {
+        table.row([
+            network_id(&v.network.id, no_trunc).to_string(),
+            v.network.spec.name.clone(),
+            v.network.spec.driver.clone(),
+            NETWORK_SCOPE.to_string(),
+        ]);
+    }
+    table.render()
+}
+
+/// The address a connected endpoint holds, with the network's prefix length:
+/// `10.20.0.2/24`.
+pub fn endpoint_address(resp: &ConnectResponse) -> String {
+    format!("{}/{}", resp.endpoint.ip, resp.subnet.prefix_len())
+}
+
+/// A `wg-quick` configuration for an external WireGuard peer just connected: its
+/// address, and the serving node as its only peer, routing the network's subnet. The
+/// user adds the `PrivateKey` that matches the public key they gave. `None` when the
+/// answer carries no node public key (it was not a WireGuard connection).
+pub fn wg_peer_config(resp: &ConnectResponse) -> Option<String> {
+    let public_key = resp.node_public_key.as_deref()?;
+    let mut out = String::new();
+    out.push_str("[Interface]\n");
+    let _ = writeln!(out, "Address = {}", endpoint_address(resp));
+    out.push_str("\n[Peer]\n");
+    let _ = writeln!(out, "PublicKey = {public_key}");
+    if let Some(endpoint) = resp.node_endpoint {
+        let _ = writeln!(out, "Endpoint = {endpoint}");
+    }
+    let _ = writeln!(out, "AllowedIPs = {}", resp.subnet.trunc());
+    out.push_str("PersistentKeepalive = 25\n");
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -888,7 +944,6 @@ id10      node10     Down      Drain                           0.1.0
             heartbeat_period_ms: 500,
             node_down_after_ms: 2_000,
             cert_expiry: 0,
-            network_keys: Default::default(),
             data_port: 51820,
             error: String::new(),
         };
@@ -986,6 +1041,107 @@ id10      node10     Down      Drain                           0.1.0
             reformat_json(sorted, Some("    ")),
             to_json_pretty(&value).unwrap()
         );
+    }
+
+    fn network_view(id: &str, name: &str) -> NetworkView {
+        NetworkView {
+            network: mesh_api::Network {
+                id: id.into(),
+                version: 1,
+                created_at: 0,
+                updated_at: 0,
+                spec: mesh_api::NetworkSpec {
+                    name: name.into(),
+                    driver: "overlay".into(),
+                    ..Default::default()
+                },
+                subnet: "10.0.1.0/24".parse().unwrap(),
+                gateway: "10.0.1.1".parse().unwrap(),
+                mtu: 1440,
+            },
+            endpoints: Vec::new(),
+        }
+    }
+
+    fn connect_response(wg: bool) -> ConnectResponse {
+        ConnectResponse {
+            endpoint: mesh_api::Endpoint {
+                id: "ep1".into(),
+                network_id: "nw1".into(),
+                node_id: "n1".into(),
+                ip: "10.20.0.7".parse().unwrap(),
+                owner: if wg {
+                    mesh_api::EndpointOwner::External {
+                        public_key: "peer".into(),
+                        endpoint: None,
+                    }
+                } else {
+                    mesh_api::EndpointOwner::Netns {
+                        path: "/run/netns/blue".into(),
+                        ifname: "eth0".into(),
+                    }
+                },
+                created_at: 0,
+            },
+            subnet: "10.20.0.0/24".parse().unwrap(),
+            gateway: "10.20.0.1".parse().unwrap(),
+            mtu: 1440,
+            node_public_key: wg.then(|| "NODEKEY".to_string()),
+            node_endpoint: wg.then(|| "192.0.2.1:51820".parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn network_table_has_dockers_columns_and_short_ids() {
+        let mut views = vec![
+            network_view("nw10aaaaaaaaaaaaaaaaaaaaa", "net10"),
+            network_view("nw2bbbbbbbbbbbbbbbbbbbbbb", "net2"),
+            network_view("nwappccccccccccccccccccccc", "appnet"),
+        ];
+        views.sort_by(network_order);
+        assert_eq!(
+            network_table(&views, false),
+            "\
+NETWORK ID     NAME      DRIVER    SCOPE
+nwappccccccc   appnet    overlay   swarm
+nw2bbbbbbbbb   net2      overlay   swarm
+nw10aaaaaaaa   net10     overlay   swarm
+"
+        );
+        let whole = network_table(&views[..1], true);
+        assert!(
+            whole.contains("\nnwappccccccccccccccccccccc   appnet"),
+            "{whole}"
+        );
+        assert_eq!(network_id("short", false), "short");
+    }
+
+    #[test]
+    fn endpoint_addresses_carry_the_prefix() {
+        assert_eq!(endpoint_address(&connect_response(false)), "10.20.0.7/24");
+        assert_eq!(wg_peer_config(&connect_response(false)), None);
+    }
+
+    #[test]
+    fn wg_config_is_ready_for_wg_quick() {
+        let mut resp = connect_response(true);
+        assert_eq!(
+            wg_peer_config(&resp).unwrap(),
+            "[Interface]\n\
+             Address = 10.20.0.7/24\n\
+             \n\
+             [Peer]\n\
+             PublicKey = NODEKEY\n\
+             Endpoint = 192.0.2.1:51820\n\
+             AllowedIPs = 10.20.0.0/24\n\
+             PersistentKeepalive = 25\n"
+        );
+        resp.node_endpoint = Some("[2001:db8::1]:51820".parse().unwrap());
+        let text = wg_peer_config(&resp).unwrap();
+        assert!(text.contains("Endpoint = [2001:db8::1]:51820\n"), "{text}");
+        resp.node_endpoint = None;
+        let text = wg_peer_config(&resp).unwrap();
+        assert!(!text.contains("Endpoint"), "{text}");
     }
 
     #[test]

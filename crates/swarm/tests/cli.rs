@@ -7,7 +7,10 @@ mod common;
 use common::*;
 use mesh_api::api::{ErrorKind, InitRequest, JoinRequest, LeaveRequest};
 use mesh_api::node::NodeUpdate;
-use mesh_api::{Availability, NodeRole};
+use mesh_api::{
+    Availability, ConnectRequest, DisconnectRequest, EndpointOwner, NetworkSpec, NetworkView,
+    NodeRole,
+};
 
 #[test]
 fn init_posts_the_settings_and_prints_the_join_command() {
@@ -48,8 +51,107 @@ fn init_posts_the_settings_and_prints_the_join_command() {
             heartbeat_period_ms: Some(1_000),
             node_down_after_ms: Some(5_400_000),
             cert_expiry_ms: Some(90 * 86_400_000),
+            default_addr_pool: Vec::new(),
+            default_addr_pool_mask_len: None,
         }
     );
+}
+
+#[test]
+fn init_sends_the_address_pools() {
+    let d = FakeDaemon::unix(api);
+    let o = d.run(&[
+        "init",
+        "--default-addr-pool",
+        "10.20.0.0/16",
+        "--default-addr-pool",
+        "172.30.0.0/20",
+        "--default-addr-pool-mask-length",
+        "26",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let reqs = d.requests();
+    assert_eq!(d.lines(), ["POST /v1/swarm/init"]);
+    let body: InitRequest = reqs[0].json();
+    assert_eq!(body.default_addr_pool, ["10.20.0.0/16", "172.30.0.0/20"]);
+    assert_eq!(body.default_addr_pool_mask_len, Some(26));
+}
+
+#[test]
+fn init_refuses_bad_address_pools_naming_the_flag() {
+    let d = FakeDaemon::unix(api);
+    // One value at a time: usage errors.
+    for (args, flag, words) in [
+        (
+            vec!["--default-addr-pool", "10.20.1.0/16"],
+            "--default-addr-pool",
+            "did you mean 10.20.0.0/16",
+        ),
+        (
+            vec!["--default-addr-pool", "10.20.0.0"],
+            "--default-addr-pool",
+            "no prefix length",
+        ),
+        (
+            vec!["--default-addr-pool", "fd00::/48"],
+            "--default-addr-pool",
+            "IPv6",
+        ),
+        (
+            vec!["--default-addr-pool-mask-length", "30"],
+            "--default-addr-pool-mask-length",
+            "from 8 to 29",
+        ),
+        (
+            vec!["--default-addr-pool-mask-length", "7"],
+            "--default-addr-pool-mask-length",
+            "from 8 to 29",
+        ),
+    ] {
+        let mut full = vec!["init"];
+        full.extend(&args);
+        let o = d.run(&full);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        let err = stderr(&o);
+        assert!(err.contains(&format!("invalid {flag}")), "{args:?}: {err}");
+        assert!(err.contains(words), "{args:?}: {err}");
+    }
+    // Values that do not fit together: refused before sending, naming the flag.
+    for (args, flag) in [
+        (
+            vec![
+                "--default-addr-pool",
+                "10.20.0.0/24",
+                "--default-addr-pool-mask-length",
+                "16",
+            ],
+            "--default-addr-pool-mask-length",
+        ),
+        (
+            vec!["--default-addr-pool", "10.20.0.0/26"],
+            "--default-addr-pool",
+        ),
+        (
+            vec![
+                "--default-addr-pool",
+                "10.0.0.0/8",
+                "--default-addr-pool",
+                "10.20.0.0/16",
+            ],
+            "--default-addr-pool",
+        ),
+    ] {
+        let mut full = vec!["init"];
+        full.extend(&args);
+        let o = d.run(&full);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        let err = stderr(&o);
+        assert!(
+            err.starts_with(&format!("invalid {flag}: ")),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(d.requests().is_empty());
 }
 
 #[test]
@@ -489,4 +591,541 @@ fn version_prints_client_and_server() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stdout(&o).starts_with("Client:\n"));
     assert!(stderr(&o).starts_with("Cannot connect to the meshd daemon"));
+}
+
+#[test]
+fn network_create_posts_the_spec_and_prints_the_id() {
+    let d = FakeDaemon::unix(api);
+    let o = d.run(&[
+        "network",
+        "create",
+        "-d",
+        "overlay",
+        "--subnet",
+        "10.30.0.0/24",
+        "--gateway",
+        "10.30.0.254",
+        "--attachable",
+        "--allow-overlap",
+        "--label",
+        "tier=web",
+        "--label",
+        "owner=ops",
+        "frontend",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), format!("{NET_NEW_ID}\n"));
+    let reqs = d.requests();
+    assert_eq!(d.lines(), ["POST /v1/networks"]);
+    assert_eq!(
+        reqs[0].json::<NetworkSpec>(),
+        NetworkSpec {
+            name: "frontend".into(),
+            driver: "overlay".into(),
+            subnet: Some("10.30.0.0/24".parse().unwrap()),
+            gateway: Some("10.30.0.254".parse().unwrap()),
+            attachable: true,
+            allow_overlap: true,
+            labels: [("owner", "ops"), ("tier", "web")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    );
+
+    // Without flags: the overlay driver, and the daemon picks the subnet.
+    let o = d.run(&["network", "create", "plain"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), format!("{NET_NEW_ID}\n"));
+    assert_eq!(
+        d.requests()[1].json::<NetworkSpec>(),
+        NetworkSpec {
+            name: "plain".into(),
+            driver: "overlay".into(),
+            ..Default::default()
+        }
+    );
+}
+
+#[test]
+fn network_create_reports_the_daemons_refusal() {
+    let d = FakeDaemon::unix(api);
+    let o = d.run(&["network", "create", "appnet"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stderr(&o),
+        "Error response from daemon: network with name appnet already exists\n"
+    );
+    assert!(stdout(&o).is_empty());
+}
+
+#[test]
+fn network_create_validates_flags_before_sending() {
+    let d = FakeDaemon::unix(api);
+    for (args, flag, words) in [
+        (
+            vec!["--subnet", "10.20.0.5/24"],
+            "--subnet",
+            "did you mean 10.20.0.0/24?",
+        ),
+        (
+            vec!["--subnet", "10.20.0.0"],
+            "--subnet",
+            "no prefix length",
+        ),
+        (vec!["--subnet", "10.0.0.0/30"], "--subnet", "/8 to /29"),
+        (vec!["--subnet", "fd00::/64"], "--subnet", "IPv6"),
+        (vec!["-d", "bridge"], "--driver", "use `-d overlay`"),
+        (
+            vec!["--subnet", "10.20.0.0/24", "--gateway", "nope"],
+            "--gateway",
+            "not an IPv4 address",
+        ),
+        (vec!["--label", "=x"], "--label", "empty label key"),
+    ] {
+        let mut full = vec!["network", "create"];
+        full.extend(&args);
+        full.push("net");
+        let o = d.run(&full);
+        assert_eq!(o.status.code(), Some(2), "{full:?}");
+        let err = stderr(&o);
+        assert!(
+            err.contains(&format!("invalid {flag}: ")),
+            "{full:?}: {err}"
+        );
+        assert!(err.contains(words), "{full:?}: {err}");
+    }
+    // A bad name.
+    let o = d.run(&["network", "create", "a b"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("is not a valid network name"),
+        "{}",
+        stderr(&o)
+    );
+    // A gateway needs a subnet.
+    let o = d.run(&["network", "create", "--gateway", "10.0.0.1", "net"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--subnet"), "{}", stderr(&o));
+    // A gateway outside its subnet.
+    let o = d.run(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.20.0.0/24",
+        "--gateway",
+        "10.21.0.1",
+        "net",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stderr(&o),
+        "invalid --gateway: 10.21.0.1 is not a usable address of 10.20.0.0/24; give an address between 10.20.0.1 and 10.20.0.254\n"
+    );
+    assert!(d.requests().is_empty());
+}
+
+#[test]
+fn network_ls_prints_dockers_columns_sorted_by_name() {
+    let d = FakeDaemon::unix(api);
+    let o = d.run(&["network", "ls"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        "\
+NETWORK ID     NAME      DRIVER    SCOPE
+nwapp0000000   appnet    overlay   swarm
+nwdb20000000   db2       overlay   swarm
+nwdb10000000   db10      overlay   swarm
+"
+    );
+    assert_eq!(d.lines(), ["GET /v1/networks"]);
+
+    let o = d.run(&["network", "ls", "--no-trunc"]);
+    assert!(
+        stdout(&o).contains(&format!("\n{NET_APP_ID}   appnet   ")),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn network_ls_quiet_filters_and_json() {
+    let d = FakeDaemon::unix(api);
+    let o = d.run(&["network", "ls", "-q"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "nwapp0000000\nnwdb20000000\nnwdb10000000\n");
+
+    let o = d.run(&["network", "ls", "-q", "--no-trunc", "-f", "name=db"]);
+    assert_eq!(stdout(&o), format!("{NET_DB2_ID}\n{NET_DB10_ID}\n"));
+
+    let o = d.run(&["network", "ls", "-q", "-f", "id=app", "-f", "id=db10"]);
+    assert_eq!(stdout(&o), "nwapp0000000\nnwdb10000000\n");
+
+    let o = d.run(&["network", "ls", "-q", "--filter", "driver=bridge"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "");
+
+    let o = d.run(&[
+        "network",
+        "ls",
+        "-f",
+        "label=tier=db",
+        "-f",
+        "driver=overlay",
+        "--format",
+        "json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 1, "{out}");
+    let view: NetworkView = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(view.network.id, NET_DB10_ID);
+    assert_eq!(view.network.subnet.to_string(), "10.0.2.0/24");
+
+    let o = d.run(&["network", "ls", "--format", "json"]);
+    assert_eq!(stdout(&o).lines().count(), 3);
+
+    let o = d.run(&["network", "ls", "--filter", "colour=red"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("invalid --filter"), "{}", stderr(&o));
+}
+
+#[test]
+fn network_inspect_prints_a_json_array_with_endpoints() {
+    let d = FakeDaemon::unix(api);
+    let o = d.run(&["network", "inspect", "appnet", NET_DB2_ID]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        d.lines(),
+        [
+            "GET /v1/networks/appnet",
+            &format!("GET /v1/networks/{NET_DB2_ID}")
+        ]
+    );
+    let out = stdout(&o);
+    assert!(
+        out.starts_with(&format!("[\n    {{\n        \"ID\": \"{NET_APP_ID}\",\n")),
+        "{out}"
+    );
+    assert!(
+        out.contains("\n        \"Subnet\": \"10.20.0.0/24\",\n"),
+        "{out}"
+    );
+    let got: Vec<NetworkView> = serde_json::from_str(&out).unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].endpoints.len(), 2);
+    assert!(matches!(
+        &got[0].endpoints[0].owner,
+        EndpointOwner::Netns { path, .. } if path == "/run/netns/blue"
+    ));
+    assert_eq!(got[1].network.spec.name, "db2");
+
+    let o = d.run(&["network", "inspect", "--format", "json", "db10"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).lines().count(), 1);
+}
+
+#[test]
+fn network_inspect_prints_what_it_found_and_fails_for_the_rest() {
+    let d = FakeDaemon::unix(api);
+    let o = d.run(&["network", "inspect", "ghost", "db2"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stderr(&o),
+        "Error response from daemon: network ghost not found\n"
+    );
+    let got: Vec<NetworkView> = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].network.id, NET_DB2_ID);
+}
+
+#[test]
+fn network_rm_deletes_each_network() {
+    let d = FakeDaemon::unix(api);
+    let o = d.run(&["network", "rm", "appnet", "ghost", "db2"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(stdout(&o), "appnet\ndb2\n");
+    assert_eq!(
+        stderr(&o),
+        "Error response from daemon: network ghost not found\n"
+    );
+    assert_eq!(
+        d.lines(),
+        [
+            "DELETE /v1/networks/appnet",
+            "DELETE /v1/networks/ghost",
+            "DELETE /v1/networks/db2"
+        ]
+    );
+
+    // `remove` is an alias; --force ignores networks that do not exist.
+    let o = d.run(&["network", "remove", "-f", "ghost", "db10"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "db10\n");
+    assert_eq!(stderr(&o), "");
+
+    let o = d.run(&["network", "rm"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("<NETWORK>"), "{}", stderr(&o));
+}
+
+#[test]
+fn network_connect_a_namespace_prints_its_address() {
+    let d = FakeDaemon::unix(api);
+    let o = d.run(&[
+        "network",
+        "connect",
+        "--netns",
+        "/run/netns/red",
+        "--ifname",
+        "eth1",
+        "--ip",
+        "10.20.0.9",
+        "appnet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "10.20.0.9/24\n");
+    let reqs = d.requests();
+    assert_eq!(d.lines(), ["POST /v1/networks/appnet/connect"]);
+    assert_eq!(
+        reqs[0].json::<ConnectRequest>(),
+        ConnectRequest {
+            netns: Some("/run/netns/red".into()),
+            ifname: Some("eth1".into()),
+            ip: Some("10.20.0.9".parse().unwrap()),
+            wg_public_key: None,
+            wg_endpoint: None,
+        }
+    );
+}
+
+#[test]
+fn network_connect_a_wireguard_peer_prints_its_config() {
+    let d = FakeDaemon::unix(api);
+    let o = d.run(&[
+        "network",
+        "connect",
+        "--wg-public-key",
+        PEER_KEY,
+        "--wg-endpoint",
+        "198.51.100.7:51820",
+        NET_APP_ID,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        format!(
+            "10.20.0.4/24\n\
+             \n\
+             [Interface]\n\
+             Address = 10.20.0.4/24\n\
+             \n\
+             [Peer]\n\
+             PublicKey = {NODE_WG_KEY}\n\
+             Endpoint = 192.0.2.1:51820\n\
+             AllowedIPs = 10.20.0.0/24\n\
+             PersistentKeepalive = 25\n"
+        )
+    );
+    let reqs = d.requests();
+    assert_eq!(
+        d.lines(),
+        [format!("POST /v1/networks/{NET_APP_ID}/connect")]
+    );
+    assert_eq!(
+        reqs[0].json::<ConnectRequest>(),
+        ConnectRequest {
+            wg_public_key: Some(PEER_KEY.into()),
+            wg_endpoint: Some("198.51.100.7:51820".parse().unwrap()),
+            ..Default::default()
+        }
+    );
+}
+
+#[test]
+fn network_connect_reports_the_daemons_refusal() {
+    let d = FakeDaemon::unix(api);
+    let o = d.run(&["network", "connect", "--netns", "/run/netns/red", "db2"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stderr(&o),
+        "Error response from daemon: network db2 is not attachable; create it with --attachable\n"
+    );
+    let o = d.run(&["network", "connect", "--netns", "/run/netns/red", "ghost"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stderr(&o),
+        "Error response from daemon: network ghost not found\n"
+    );
+    assert!(stdout(&o).is_empty());
+}
+
+#[test]
+fn network_connect_needs_exactly_one_peer_and_valid_flags() {
+    let d = FakeDaemon::unix(api);
+    // Neither, or both, of --netns and --wg-public-key.
+    let o = d.run(&["network", "connect", "appnet"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(
+        err.contains("--netns <PATH>|--wg-public-key <KEY>"),
+        "{err}"
+    );
+    let o = d.run(&[
+        "network",
+        "connect",
+        "--netns",
+        "/run/netns/red",
+        "--wg-public-key",
+        PEER_KEY,
+        "appnet",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(
+        err.contains("'--netns <PATH>' cannot be used with '--wg-public-key <KEY>'"),
+        "{err}"
+    );
+    // Flags that belong to the other kind of peer.
+    let o = d.run(&[
+        "network",
+        "connect",
+        "--wg-endpoint",
+        "198.51.100.7:51820",
+        "--netns",
+        "/n",
+        "appnet",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--wg-endpoint"), "{}", stderr(&o));
+    let o = d.run(&[
+        "network",
+        "connect",
+        "--ifname",
+        "eth1",
+        "--wg-public-key",
+        PEER_KEY,
+        "appnet",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--ifname"), "{}", stderr(&o));
+    // Bad values.
+    for (args, flag) in [
+        (vec!["--netns", "red"], "--netns"),
+        (
+            vec!["--netns", "/n", "--ifname", "a-name-too-long-x"],
+            "--ifname",
+        ),
+        (vec!["--netns", "/n", "--ip", "10.20.0"], "--ip"),
+        (vec!["--wg-public-key", "not-a-key"], "--wg-public-key"),
+        (
+            vec![
+                "--wg-public-key",
+                PEER_KEY,
+                "--wg-endpoint",
+                "peer.example:51820",
+            ],
+            "--wg-endpoint",
+        ),
+    ] {
+        let mut full = vec!["network", "connect"];
+        full.extend(&args);
+        full.push("appnet");
+        let o = d.run(&full);
+        assert_eq!(o.status.code(), Some(2), "{full:?}");
+        let err = stderr(&o);
+        assert!(
+            err.contains(&format!("invalid {flag}: ")),
+            "{full:?}: {err}"
+        );
+    }
+    assert!(d.requests().is_empty());
+}
+
+#[test]
+fn network_disconnect_posts_the_namespace_or_the_endpoint() {
+    let d = FakeDaemon::unix(api);
+    let o = d.run(&[
+        "network",
+        "disconnect",
+        "--netns",
+        "/run/netns/blue",
+        "appnet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "");
+    let o = d.run(&[
+        "network",
+        "disconnect",
+        "--endpoint",
+        "ep2bbbbbbbbbbbbbbbbbbbbbb",
+        "appnet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let reqs = d.requests();
+    assert_eq!(
+        d.lines(),
+        [
+            "POST /v1/networks/appnet/disconnect",
+            "POST /v1/networks/appnet/disconnect"
+        ]
+    );
+    assert_eq!(
+        reqs[0].json::<DisconnectRequest>(),
+        DisconnectRequest {
+            netns: Some("/run/netns/blue".into()),
+            endpoint: None,
+        }
+    );
+    assert_eq!(
+        reqs[1].json::<DisconnectRequest>(),
+        DisconnectRequest {
+            netns: None,
+            endpoint: Some("ep2bbbbbbbbbbbbbbbbbbbbbb".into()),
+        }
+    );
+
+    let o = d.run(&["network", "disconnect", "--netns", "/n", "ghost"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stderr(&o),
+        "Error response from daemon: network ghost not found\n"
+    );
+
+    let o = d.run(&["network", "disconnect", "appnet"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("--netns <PATH>|--endpoint <ID>"),
+        "{}",
+        stderr(&o)
+    );
+    let o = d.run(&[
+        "network",
+        "disconnect",
+        "--netns",
+        "/n",
+        "--endpoint",
+        "e",
+        "appnet",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(d.requests().len(), 3);
+}
+
+#[test]
+fn network_verbs_report_a_missing_daemon_once() {
+    let (_dir, path) = dead_socket();
+    let host = format!("unix://{}", path.display());
+    let o = swarm(&["-H", &host, "network", "rm", "a", "b"], &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stderr(&o),
+        format!("Cannot connect to the meshd daemon at {host}. Is meshd running?\n")
+    );
+    let o = swarm(&["-H", &host, "network", "inspect", "a", "b"], &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
+    assert!(stdout(&o).is_empty());
 }

@@ -1,5 +1,6 @@
 //! The command line: flags (clap) and the code of each verb.
 
+pub mod network;
 pub mod node;
 pub mod swarm;
 pub mod version;
@@ -101,6 +102,9 @@ pub enum Command {
     /// Manage the nodes of the swarm.
     #[command(subcommand)]
     Node(node::NodeCommand),
+    /// Manage the overlay networks of the swarm.
+    #[command(subcommand)]
+    Network(network::NetworkCommand),
     /// Show the versions of swarm and of the daemon.
     Version,
 }
@@ -135,6 +139,46 @@ impl Ctx<'_> {
 /// Prints one failure of a multi-object verb on stderr.
 pub fn report(err: &CliError) {
     let _ = writeln!(io::stderr().lock(), "{err}");
+}
+
+/// Errors after which trying the next object of a multi-object verb is pointless.
+pub fn is_fatal(e: &CliError) -> bool {
+    matches!(
+        e,
+        CliError::Output(_)
+            | CliError::Connect { .. }
+            | CliError::PermissionDenied { .. }
+            | CliError::TlsHandshake { .. }
+            | CliError::MissingTls { .. }
+    )
+}
+
+/// Runs `each` on every reference independently, printing failures on stderr as they
+/// happen; stops at the first [fatal](is_fatal) one. Fails with [`CliError::SomeFailed`]
+/// when any failed.
+pub async fn for_each<F>(ctx: &mut Ctx<'_>, references: &[String], mut each: F) -> Result<()>
+where
+    F: for<'a, 'b> AsyncFnMut(&'a mut Ctx<'b>, &'a str) -> Result<()>,
+{
+    let mut failed = 0;
+    for reference in references {
+        match each(ctx, reference).await {
+            Ok(()) => {}
+            Err(e) if is_fatal(&e) => return Err(e),
+            Err(e) => {
+                report(&e);
+                failed += 1;
+            }
+        }
+    }
+    if failed == 0 {
+        Ok(())
+    } else {
+        Err(CliError::SomeFailed {
+            failed,
+            total: references.len(),
+        })
+    }
 }
 
 /// Builds the client from the global flags.
@@ -172,6 +216,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
             Command::Leave(a) => swarm::leave(&mut ctx, a).await,
             Command::Info(a) => swarm::info(&mut ctx, a).await,
             Command::Node(c) => node::run(&mut ctx, c).await,
+            Command::Network(c) => network::run(&mut ctx, c).await,
             Command::Version => Ok(()),
         }
     })

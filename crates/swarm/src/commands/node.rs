@@ -7,7 +7,7 @@ use mesh_api::{Availability, Node, NodeRole, ValidationError};
 use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
 
-use super::{Ctx, Format, parse_format, report};
+use super::{Ctx, Format, is_fatal, parse_format, report};
 use crate::client::encode_segment;
 use crate::error::{CliError, Result};
 use crate::format::{node_order, node_pretty, node_table, reformat_json};
@@ -261,18 +261,6 @@ fn node_route(id: &str) -> String {
 
 fn update_route(id: &str) -> String {
     path(routes::NODE_UPDATE, &[("node", &encode_segment(id))])
-}
-
-/// Errors after which trying the next node is pointless.
-fn is_fatal(e: &CliError) -> bool {
-    matches!(
-        e,
-        CliError::Output(_)
-            | CliError::Connect { .. }
-            | CliError::PermissionDenied { .. }
-            | CliError::TlsHandshake { .. }
-            | CliError::MissingTls { .. }
-    )
 }
 
 /// Runs `each` on every reference independently, printing failures as they happen.

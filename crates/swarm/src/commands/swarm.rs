@@ -1,14 +1,17 @@
 //! `swarm init | join | join-token | leave | info`.
 
 use clap::Args;
+use ipnet::Ipv4Net;
 use mesh_api::api::{
     Info, InitRequest, InitResponse, JoinRequest, JoinResponse, JoinTokenResponse, LeaveRequest,
     path, routes,
 };
+use mesh_api::network::{MAX_PREFIX, MIN_PREFIX};
 use mesh_api::{DispatcherConfig, NodeRole, ValidationError};
 use serde::de::IgnoredAny;
 use tracing::debug;
 
+use super::network::parse_cidr;
 use super::{Ctx, Format, parse_format};
 use crate::error::{CliError, Result};
 use crate::format::{
@@ -24,6 +27,73 @@ fn positive_duration(s: &str) -> std::result::Result<u64, String> {
         Ok(ms) => Ok(ms),
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// Prefix length of the subnets allocated from the address pools when
+/// `--default-addr-pool-mask-length` is not given (the daemon's default).
+pub const DEFAULT_POOL_MASK_LEN: u8 = 24;
+
+/// Parses one `--default-addr-pool`: an IPv4 CIDR without host bits, /8 to /29.
+fn parse_pool(s: &str) -> std::result::Result<Ipv4Net, ValidationError> {
+    parse_cidr("--default-addr-pool", s)
+}
+
+/// Parses `--default-addr-pool-mask-length`: a prefix length from /8 to /29.
+fn parse_mask_len(s: &str) -> std::result::Result<u8, ValidationError> {
+    let s = s.trim();
+    match s.trim_start_matches('/').parse::<u8>() {
+        Ok(n) if (MIN_PREFIX..=MAX_PREFIX).contains(&n) => Ok(n),
+        _ => Err(ValidationError::new(
+            "--default-addr-pool-mask-length",
+            format!("{s:?} is not a prefix length from {MIN_PREFIX} to {MAX_PREFIX}"),
+            format!(
+                "give the prefix length of the subnets networks get, from {MIN_PREFIX} to {MAX_PREFIX}, e.g. 24"
+            ),
+        )),
+    }
+}
+
+/// Checks the address pools against the mask length (given, or the daemon's default)
+/// and against each other.
+fn check_pools(pools: &[Ipv4Net], mask: Option<u8>) -> std::result::Result<(), ValidationError> {
+    let effective = mask.unwrap_or(DEFAULT_POOL_MASK_LEN);
+    for pool in pools {
+        if pool.prefix_len() <= effective {
+            continue;
+        }
+        return Err(match mask {
+            Some(m) => ValidationError::new(
+                "--default-addr-pool-mask-length",
+                format!("/{m} subnets do not fit in the pool {pool}"),
+                format!(
+                    "use a mask length of at least {} (and at most {MAX_PREFIX}), or a larger pool",
+                    pool.prefix_len()
+                ),
+            ),
+            None => ValidationError::new(
+                "--default-addr-pool",
+                format!(
+                    "{pool} is smaller than the /{DEFAULT_POOL_MASK_LEN} subnets allocated by default"
+                ),
+                format!(
+                    "give a pool of /{DEFAULT_POOL_MASK_LEN} or larger, or --default-addr-pool-mask-length {}",
+                    pool.prefix_len()
+                ),
+            ),
+        });
+    }
+    for (i, a) in pools.iter().enumerate() {
+        for b in &pools[i + 1..] {
+            if a.contains(b) || b.contains(a) {
+                return Err(ValidationError::new(
+                    "--default-addr-pool",
+                    format!("{a} and {b} overlap"),
+                    "give pools that do not overlap",
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Checks that a token has the shape of a join token.
@@ -74,6 +144,13 @@ pub struct InitArgs {
     /// Validity of node certificates (e.g. 90d, 2160h).
     #[arg(long, value_name = "DUR", value_parser = positive_duration)]
     pub cert_expiry: Option<u64>,
+    /// Address pool overlay subnets are allocated from (CIDR, e.g. 10.20.0.0/16);
+    /// repeatable. Default 10.0.0.0/8.
+    #[arg(long, value_name = "CIDR", value_parser = parse_pool)]
+    pub default_addr_pool: Vec<Ipv4Net>,
+    /// Prefix length of the subnets allocated from the pools (8 to 29). Default 24.
+    #[arg(long, value_name = "N", value_parser = parse_mask_len)]
+    pub default_addr_pool_mask_length: Option<u8>,
 }
 
 impl InitArgs {
@@ -88,6 +165,7 @@ impl InitArgs {
             node_down_after_ms: self.node_down_after.unwrap_or(u64::MAX),
         };
         config.validate()?;
+        check_pools(&self.default_addr_pool, self.default_addr_pool_mask_length)?;
         Ok(InitRequest {
             advertise_addr: self.advertise_addr.clone(),
             listen_addr: self.listen_addr.clone(),
@@ -95,6 +173,12 @@ impl InitArgs {
             heartbeat_period_ms: self.heartbeat_period,
             node_down_after_ms: self.node_down_after,
             cert_expiry_ms: self.cert_expiry,
+            default_addr_pool: self
+                .default_addr_pool
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            default_addr_pool_mask_len: self.default_addr_pool_mask_length,
         })
     }
 }
@@ -238,6 +322,65 @@ mod tests {
             heartbeat_period: None,
             node_down_after: None,
             cert_expiry: None,
+            default_addr_pool: Vec::new(),
+            default_addr_pool_mask_length: None,
+        }
+    }
+
+    fn net(s: &str) -> Ipv4Net {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn address_pools_are_checked_locally() {
+        let mut a = init_args();
+        a.default_addr_pool = vec![net("10.20.0.0/16"), net("172.30.0.0/16")];
+        a.default_addr_pool_mask_length = Some(26);
+        let r = a.request().unwrap();
+        assert_eq!(r.default_addr_pool, ["10.20.0.0/16", "172.30.0.0/16"]);
+        assert_eq!(r.default_addr_pool_mask_len, Some(26));
+
+        // Subnets larger than the pool.
+        a.default_addr_pool_mask_length = Some(12);
+        let e = a.request().unwrap_err();
+        assert_eq!(e.field, "--default-addr-pool-mask-length");
+        assert!(e.to_string().contains("at least 16"), "{e}");
+        // The default /24 does not fit in a /26 pool.
+        a.default_addr_pool = vec![net("10.20.0.0/26")];
+        a.default_addr_pool_mask_length = None;
+        let e = a.request().unwrap_err();
+        assert_eq!(e.field, "--default-addr-pool");
+        assert!(
+            e.to_string().contains("--default-addr-pool-mask-length 26"),
+            "{e}"
+        );
+        a.default_addr_pool_mask_length = Some(26);
+        assert!(a.request().is_ok());
+        // Overlapping pools.
+        a.default_addr_pool = vec![net("10.0.0.0/8"), net("10.20.0.0/16")];
+        a.default_addr_pool_mask_length = None;
+        let e = a.request().unwrap_err();
+        assert!(e.to_string().contains("overlap"), "{e}");
+        // A mask length alone is fine (the default pool is a /8).
+        a.default_addr_pool.clear();
+        a.default_addr_pool_mask_length = Some(8);
+        assert_eq!(a.request().unwrap().default_addr_pool_mask_len, Some(8));
+    }
+
+    #[test]
+    fn pool_flags_parse() {
+        assert_eq!(parse_pool("10.20.0.0/16").unwrap(), net("10.20.0.0/16"));
+        let e = parse_pool("10.20.1.0/16").unwrap_err();
+        assert_eq!(e.field, "--default-addr-pool");
+        assert!(e.to_string().contains("did you mean 10.20.0.0/16"), "{e}");
+        assert_eq!(parse_mask_len("24"), Ok(24));
+        assert_eq!(parse_mask_len("/24"), Ok(24));
+        for bad in ["7", "30", "x", "-1", ""] {
+            assert_eq!(
+                parse_mask_len(bad).unwrap_err().field,
+                "--default-addr-pool-mask-length",
+                "{bad}"
+            );
         }
     }
 

@@ -21,7 +21,8 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use mesh_api::api::{ErrorBody, ErrorKind, Info, RaftInfo, RemoteManager};
 use mesh_api::{
-    Availability, ManagerStatus, Node, NodeDescription, NodeRole, NodeSpec, NodeState, NodeStatus,
+    Availability, ConnectRequest, ConnectResponse, Endpoint, EndpointOwner, ManagerStatus, Network,
+    NetworkSpec, NetworkView, Node, NodeDescription, NodeRole, NodeSpec, NodeState, NodeStatus,
     Reachability,
 };
 use tokio::sync::oneshot;
@@ -331,10 +332,106 @@ pub fn info() -> Info {
         heartbeat_period_ms: 500,
         node_down_after_ms: 2_000,
         cert_expiry: 0,
-        network_keys: Default::default(),
         data_port: 51820,
         error: String::new(),
     }
+}
+
+/// Networks of the fake cluster.
+pub const NET_APP_ID: &str = "nwapp0000000000000000000a";
+pub const NET_DB2_ID: &str = "nwdb20000000000000000000b";
+pub const NET_DB10_ID: &str = "nwdb10000000000000000000c";
+/// ID of the network `network create` makes.
+pub const NET_NEW_ID: &str = "nwnew0000000000000000000d";
+/// ID of the endpoint `network connect` makes.
+pub const ENDPOINT_NEW_ID: &str = "epnew0000000000000000000e";
+/// A WireGuard public key of a peer outside the cluster.
+pub const PEER_KEY: &str = "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=";
+/// The serving node's WireGuard public key on `appnet`.
+pub const NODE_WG_KEY: &str = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=";
+
+fn network(id: &str, name: &str, subnet: &str, labels: &[(&str, &str)]) -> Network {
+    let subnet: ipnet::Ipv4Net = subnet.parse().unwrap();
+    let gateway = subnet.hosts().next().unwrap();
+    Network {
+        id: id.into(),
+        version: 5,
+        created_at: 1_714_566_600_000,
+        updated_at: 1_714_566_600_000,
+        spec: NetworkSpec {
+            name: name.into(),
+            driver: "overlay".into(),
+            subnet: None,
+            gateway: None,
+            attachable: false,
+            allow_overlap: false,
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        },
+        subnet,
+        gateway,
+        mtu: 1440,
+    }
+}
+
+/// The networks the fake daemon reports, in no particular order.
+pub fn networks() -> Vec<NetworkView> {
+    let mut app = network(NET_APP_ID, "appnet", "10.20.0.0/24", &[("tier", "web")]);
+    app.spec.subnet = Some(app.subnet);
+    app.spec.attachable = true;
+    vec![
+        NetworkView {
+            network: network(NET_DB10_ID, "db10", "10.0.2.0/24", &[("tier", "db")]),
+            endpoints: Vec::new(),
+        },
+        NetworkView {
+            endpoints: vec![
+                Endpoint {
+                    id: "ep1aaaaaaaaaaaaaaaaaaaaaa".into(),
+                    network_id: NET_APP_ID.into(),
+                    node_id: SELF_ID.into(),
+                    ip: "10.20.0.2".parse().unwrap(),
+                    owner: EndpointOwner::Netns {
+                        path: "/run/netns/blue".into(),
+                        ifname: "eth0".into(),
+                    },
+                    created_at: 1_714_566_600_000,
+                },
+                Endpoint {
+                    id: "ep2bbbbbbbbbbbbbbbbbbbbbb".into(),
+                    network_id: NET_APP_ID.into(),
+                    node_id: SELF_ID.into(),
+                    ip: "10.20.0.3".parse().unwrap(),
+                    owner: EndpointOwner::External {
+                        public_key: PEER_KEY.into(),
+                        endpoint: None,
+                    },
+                    created_at: 1_714_566_600_000,
+                },
+            ],
+            network: app,
+        },
+        NetworkView {
+            network: network(NET_DB2_ID, "db2", "10.0.1.0/24", &[]),
+            endpoints: Vec::new(),
+        },
+    ]
+}
+
+/// A network by full ID or name, as the daemon would resolve it.
+fn find_network(reference: &str) -> Option<NetworkView> {
+    networks()
+        .into_iter()
+        .find(|v| v.network.id == reference || v.network.spec.name == reference)
+}
+
+fn no_network(reference: &str) -> (u16, String) {
+    error(
+        ErrorKind::NotFound,
+        &format!("network {reference} not found"),
+    )
 }
 
 /// An error answer.
@@ -396,6 +493,75 @@ pub fn api(req: &Recorded) -> (u16, String) {
                 manager_addr: "192.0.2.1:2377".into(),
             })
         }
+        ("GET", ["v1", "networks"]) => ok(&networks()),
+        ("POST", ["v1", "networks"]) => {
+            let spec: NetworkSpec = req.json();
+            if find_network(&spec.name).is_some() {
+                return error(
+                    ErrorKind::Conflict,
+                    &format!("network with name {} already exists", spec.name),
+                );
+            }
+            let mut n = network(
+                NET_NEW_ID,
+                &spec.name,
+                &spec.subnet.map_or("10.0.3.0/24".into(), |s| s.to_string()),
+                &[],
+            );
+            n.gateway = spec.gateway.unwrap_or(n.gateway);
+            n.spec = spec;
+            ok(&n)
+        }
+        ("GET", ["v1", "networks", n]) => match find_network(n) {
+            Some(v) => ok(&v),
+            None => no_network(n),
+        },
+        ("DELETE", ["v1", "networks", n]) => match find_network(n) {
+            Some(_) => (200, "{}".into()),
+            None => no_network(n),
+        },
+        ("POST", ["v1", "networks", n, "connect"]) => {
+            let Some(v) = find_network(n) else {
+                return no_network(n);
+            };
+            if !v.network.spec.attachable {
+                return error(
+                    ErrorKind::FailedPrecondition,
+                    &format!("network {n} is not attachable; create it with --attachable"),
+                );
+            }
+            let r: ConnectRequest = req.json();
+            let wg = r.wg_public_key.is_some();
+            let owner = match (&r.netns, &r.wg_public_key) {
+                (Some(path), _) => EndpointOwner::Netns {
+                    path: path.clone(),
+                    ifname: r.ifname.clone().unwrap_or_else(|| "eth0".into()),
+                },
+                (None, key) => EndpointOwner::External {
+                    public_key: key.clone().unwrap_or_default(),
+                    endpoint: r.wg_endpoint,
+                },
+            };
+            ok(&ConnectResponse {
+                endpoint: Endpoint {
+                    id: ENDPOINT_NEW_ID.into(),
+                    network_id: v.network.id.clone(),
+                    node_id: SELF_ID.into(),
+                    ip: r.ip.unwrap_or_else(|| "10.20.0.4".parse().unwrap()),
+                    owner,
+                    created_at: 1_714_566_600_000,
+                },
+                subnet: v.network.subnet,
+                gateway: v.network.gateway,
+                mtu: v.network.mtu,
+                node_public_key: wg.then(|| NODE_WG_KEY.to_string()),
+                node_endpoint: wg.then(|| "192.0.2.1:51820".parse().unwrap()),
+            })
+        }
+        ("POST", ["v1", "networks", n, "disconnect"]) => match find_network(n) {
+            Some(_) => (200, "{}".into()),
+            None => no_network(n),
+        },
         _ => error(ErrorKind::NotFound, &format!("no route {}", req.line())),
     }
 }

@@ -1,0 +1,205 @@
+//! This node's part of the overlay networks: its WireGuard keys, the overlay engine,
+//! and keeping the engine in line with the managers' network map.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::Context;
+use mesh_manager::rpc::NetworkMap;
+use mesh_overlay::{HostPlan, KeyPair, Overlay, OverlayConfig};
+use tracing::{info, warn};
+
+use crate::netplan;
+
+/// The overlay side of an active node.
+pub struct NetRuntime {
+    node_id: String,
+    overlay: Mutex<Option<Overlay>>,
+    keys: Mutex<BTreeMap<String, KeyPair>>,
+    keys_path: PathBuf,
+    applied_version: AtomicU64,
+    /// Serialises syncs.
+    pub(crate) sync_lock: tokio::sync::Mutex<()>,
+}
+
+/// Prefix of this node's sandbox namespaces: `msb-<first 8 characters of the node ID>`.
+pub fn sandbox_prefix(node_id: &str) -> String {
+    format!("msb-{}", node_id.get(..8).unwrap_or(node_id))
+}
+
+impl NetRuntime {
+    /// Starts the engine on `data_port` and loads the keys kept in `data_dir`.
+    pub fn start(node_id: &str, data_dir: &Path, data_port: u16) -> anyhow::Result<Self> {
+        let keys_path = data_dir.join("overlay-keys.json");
+        let keys = load_keys(&keys_path)?;
+        let overlay = Overlay::start(OverlayConfig {
+            data_port,
+            sandbox_prefix: sandbox_prefix(node_id),
+        })
+        .with_context(|| format!("starting the overlay on UDP port {data_port} (--data-port)"))?;
+        Ok(Self {
+            node_id: node_id.to_string(),
+            overlay: Mutex::new(Some(overlay)),
+            keys: Mutex::new(keys),
+            keys_path,
+            applied_version: AtomicU64::new(u64::MAX),
+            sync_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The map version last applied.
+    pub fn applied_version(&self) -> u64 {
+        self.applied_version.load(Ordering::SeqCst)
+    }
+
+    /// Forgets the applied version, so the next heartbeat triggers a sync.
+    pub fn invalidate(&self) {
+        self.applied_version.store(u64::MAX, Ordering::SeqCst);
+    }
+
+    /// Public keys to publish: network ID → base64.
+    pub fn public_keys(&self) -> BTreeMap<String, String> {
+        self.keys
+            .lock()
+            .map(|k| {
+                k.iter()
+                    .map(|(n, kp)| (n.clone(), kp.public_b64()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// This node's public key for `network`, if it has one.
+    pub fn public_key(&self, network: &str) -> Option<String> {
+        self.keys
+            .lock()
+            .ok()
+            .and_then(|k| k.get(network).map(KeyPair::public_b64))
+    }
+
+    /// Makes sure this node holds a key for `network` (generated here, never sent).
+    pub fn ensure_key(&self, network: &str) -> anyhow::Result<bool> {
+        let mut keys = self
+            .keys
+            .lock()
+            .map_err(|_| anyhow::anyhow!("key store lock poisoned"))?;
+        if keys.contains_key(network) {
+            return Ok(false);
+        }
+        keys.insert(network.to_string(), KeyPair::generate());
+        save_keys(&self.keys_path, &keys)?;
+        Ok(true)
+    }
+
+    /// Applies `map`: keys for new networks, the plan, and returns endpoints whose
+    /// namespace is gone (network ID, endpoint ID) for the caller to release.
+    pub fn apply_map(&self, map: &NetworkMap) -> anyhow::Result<Vec<(String, String)>> {
+        for a in &map.networks {
+            if self.ensure_key(&a.network.id)? {
+                info!(network = %a.network.spec.name, "made this node's WireGuard key for the network");
+            }
+        }
+        let planned = {
+            let mut keys = self
+                .keys
+                .lock()
+                .map_err(|_| anyhow::anyhow!("key store lock poisoned"))?;
+            // Keys of networks this node left are dropped.
+            let before = keys.len();
+            keys.retain(|id, _| map.networks.iter().any(|a| a.network.id == *id));
+            if keys.len() != before {
+                save_keys(&self.keys_path, &keys)?;
+            }
+            netplan::plan(&self.node_id, map, &keys, mesh_sandbox::netns_exists)
+        };
+        self.apply_plan(&planned.plan)?;
+        self.applied_version.store(map.version, Ordering::SeqCst);
+        Ok(planned.stale)
+    }
+
+    fn apply_plan(&self, plan: &HostPlan) -> anyhow::Result<()> {
+        let guard = self
+            .overlay
+            .lock()
+            .map_err(|_| anyhow::anyhow!("overlay lock poisoned"))?;
+        let Some(overlay) = guard.as_ref() else {
+            anyhow::bail!("the overlay is stopped");
+        };
+        overlay.apply(plan).context("applying the overlay plan")?;
+        Ok(())
+    }
+
+    /// The engine's view, for `swarm info` and debugging.
+    pub fn status(&self) -> Option<mesh_overlay::OverlayStatus> {
+        self.overlay
+            .lock()
+            .ok()
+            .and_then(|g| g.as_ref().map(Overlay::status))
+    }
+
+    /// Stops the engine. With `remove`, everything it built goes too (leaving the
+    /// cluster); without, sandboxes and veths stay for a restarted meshd to re-adopt.
+    pub fn stop(&self, remove: bool) {
+        let overlay = self.overlay.lock().ok().and_then(|mut g| g.take());
+        if let Some(o) = overlay {
+            if remove && let Err(e) = o.apply(&HostPlan::default()) {
+                warn!(error = %e, "could not remove every overlay sandbox");
+            }
+            o.shutdown();
+        }
+        if remove {
+            match std::fs::remove_file(&self.keys_path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => warn!(error = %e, "could not remove the overlay keys"),
+            }
+        }
+    }
+}
+
+fn load_keys(path: &Path) -> anyhow::Result<BTreeMap<String, KeyPair>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(e) => return Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
+    };
+    let raw: BTreeMap<String, String> = serde_json::from_str(&text)
+        .with_context(|| format!("{} is corrupt; remove it to make new keys", path.display()))?;
+    raw.into_iter()
+        .map(|(net, private)| {
+            KeyPair::from_private_b64(&private)
+                .map(|k| (net.clone(), k))
+                .map_err(|e| anyhow::anyhow!("{}: key of network {net}: {e}", path.display()))
+        })
+        .collect()
+}
+
+fn save_keys(path: &Path, keys: &BTreeMap<String, KeyPair>) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let raw: BTreeMap<&String, String> = keys.iter().map(|(n, k)| (n, k.private_b64())).collect();
+    let body = serde_json::to_vec_pretty(&raw)?;
+    let tmp = path.with_extension("json.tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(&body)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}
+
+/// The UDP endpoint other nodes and WireGuard peers reach this node's overlay at.
+pub fn data_endpoint(advertise: &str, data_port: u16) -> Option<SocketAddr> {
+    advertise
+        .parse::<std::net::IpAddr>()
+        .ok()
+        .map(|ip| SocketAddr::new(ip, data_port))
+}
