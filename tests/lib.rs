@@ -167,3 +167,79 @@ pub fn labels(
         .find(|n| n.description.hostname == host)
         .map(|n| n.spec.labels)
 }
+
+/// Network namespaces a test makes (endpoints) or makes meshd make (sandboxes), removed
+/// on drop, also when the test panics.
+#[derive(Default)]
+pub struct NetnsGuard {
+    names: std::sync::Mutex<Vec<String>>,
+    prefixes: std::sync::Mutex<Vec<String>>,
+}
+
+impl NetnsGuard {
+    /// Creates namespace `name` (with `lo` up) and removes it on drop.
+    pub fn add(&self, name: &str) -> String {
+        let st = std::process::Command::new("ip")
+            .args(["netns", "add", name])
+            .status()
+            .expect("ip netns add");
+        assert!(st.success(), "ip netns add {name}");
+        let _ = std::process::Command::new("ip")
+            .args(["-n", name, "link", "set", "lo", "up"])
+            .status();
+        self.names.lock().unwrap().push(name.to_string());
+        format!("/var/run/netns/{name}")
+    }
+
+    /// Removes, on drop, every namespace whose name starts with `prefix`.
+    pub fn add_prefix(&self, prefix: &str) {
+        self.prefixes.lock().unwrap().push(prefix.to_string());
+    }
+
+    /// Names of existing namespaces starting with `prefix`.
+    pub fn existing(prefix: &str) -> Vec<String> {
+        std::fs::read_dir("/var/run/netns")
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .filter(|n| n.starts_with(prefix))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for NetnsGuard {
+    fn drop(&mut self) {
+        let mut all: Vec<String> = self.names.lock().map(|n| n.clone()).unwrap_or_default();
+        for p in self.prefixes.lock().map(|p| p.clone()).unwrap_or_default() {
+            all.extend(Self::existing(&p));
+        }
+        for n in all {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &n])
+                .status();
+        }
+    }
+}
+
+/// Runs `argv` inside the namespace at `path` (network namespace only).
+pub fn in_netns(path: &str, argv: &[&str]) -> std::process::Output {
+    std::process::Command::new("nsenter")
+        .arg(format!("--net={path}"))
+        .args(argv)
+        .output()
+        .expect("nsenter runs")
+}
+
+/// Whether `from` (a namespace path) can ping `ip`.
+pub fn pings(from: &str, ip: &str) -> bool {
+    in_netns(from, &["ping", "-c", "1", "-W", "1", ip])
+        .status
+        .success()
+}
+
+/// The sandbox prefix meshd uses for node `node_id`.
+pub fn sandbox_prefix(node_id: &str) -> String {
+    format!("msb{}", &node_id[..8])
+}

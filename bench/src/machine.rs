@@ -3,8 +3,8 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::BenchError;
@@ -27,6 +27,34 @@ pub struct Machine {
     pub hypervisor: Option<String>,
 }
 
+/// How long the disk takes to make a small write durable.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Disk {
+    /// The directory probed.
+    pub dir: PathBuf,
+    /// Its filesystem and device, e.g. `ext4 on /dev/vda`, if known.
+    pub filesystem: Option<String>,
+    /// Median of `write 4 KiB at the end of a file + fdatasync` (the file grows).
+    pub append: Duration,
+    /// Median of `write 4 KiB over existing data + fdatasync` (no metadata changes).
+    pub overwrite: Duration,
+}
+
+impl Disk {
+    /// One line: `ext4 on /dev/vda (/tmp): 4 KiB write + fdatasync 4.00 ms appending, 1.00 ms
+    /// overwriting`.
+    pub fn summary(&self) -> String {
+        let ms = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1000.0);
+        format!(
+            "{} ({}): 4 KiB write + fdatasync takes {} appending, {} overwriting (medians)",
+            self.filesystem.as_deref().unwrap_or("unknown filesystem"),
+            self.dir.display(),
+            ms(self.append),
+            ms(self.overwrite)
+        )
+    }
+}
+
 impl Machine {
     /// Reads the machine's facts; what cannot be read is left empty.
     pub fn detect() -> Machine {
@@ -43,8 +71,15 @@ impl Machine {
                 .filter(|s| !s.is_empty())
                 .unwrap_or_else(|| "a hypervisor".to_owned())
         });
+        let mut cpu = cpu_model(&cpuinfo).unwrap_or_else(|| "unknown CPU".to_owned());
+        if let (Some(family), Some(model)) = (
+            cpu_field(&cpuinfo, "cpu family"),
+            cpu_field(&cpuinfo, "model"),
+        ) {
+            cpu.push_str(&format!(" (family {family}, model {model})"));
+        }
         Machine {
-            cpu: cpu_model(&cpuinfo).unwrap_or_else(|| "unknown CPU".to_owned()),
+            cpu,
             cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
             memory_mib: mem_total_kib(&meminfo).unwrap_or(0) / 1024,
             kernel,
@@ -72,10 +107,30 @@ impl Machine {
 
 /// The first `model name` of `/proc/cpuinfo`.
 fn cpu_model(cpuinfo: &str) -> Option<String> {
+    cpu_field(cpuinfo, "model name")
+}
+
+/// The first value of `field` in `/proc/cpuinfo`.
+fn cpu_field(cpuinfo: &str, field: &str) -> Option<String> {
     cpuinfo.lines().find_map(|l| {
         let (k, v) = l.split_once(':')?;
-        (k.trim() == "model name").then(|| v.trim().to_owned())
+        (k.trim() == field).then(|| v.trim().to_owned())
     })
+}
+
+/// The filesystem holding `path`, from `/proc/self/mounts` text: the mount with the longest
+/// mount point that is a prefix of `path`, as `TYPE on SOURCE`.
+fn filesystem_of(mounts: &str, path: &Path) -> Option<String> {
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (source, point, fstype) = (f.next()?, f.next()?, f.next()?);
+            path.starts_with(point)
+                .then(|| (point.len(), format!("{fstype} on {source}")))
+        })
+        .max_by_key(|(len, _)| *len)
+        .map(|(_, fs)| fs)
 }
 
 /// Whether the first `flags` line of `/proc/cpuinfo` has `flag`.
@@ -105,29 +160,48 @@ fn os_name(os_release: &str) -> Option<String> {
     })
 }
 
-/// How long `write(4 KiB) + fdatasync` takes in `dir`: the median of `count` rounds. The
-/// floor under any durable write of either system.
-pub fn fdatasync_latency(dir: &Path, count: usize) -> Result<Duration, BenchError> {
+/// Probes the disk holding `dir`: `rounds` durable 4 KiB writes appended to a new file,
+/// then `rounds` over the same, already written, blocks. The floor under any durable write of
+/// either system.
+pub fn probe_disk(dir: &Path, rounds: usize) -> Result<Disk, BenchError> {
     let path = dir.join("mesh-bench-fsync-probe");
     let result = (|| {
         let mut f = OpenOptions::new()
             .create(true)
             .truncate(true)
+            .read(true)
             .write(true)
             .mode(0o600)
             .open(&path)
             .map_err(|e| BenchError::io(format!("create {}", path.display()), e))?;
         let block = [0x5au8; 4096];
-        let mut samples = Vec::with_capacity(count);
-        for _ in 0..count.max(1) {
+        let rounds = rounds.max(1);
+        let durable_write = |f: &mut std::fs::File, at: Option<u64>| {
             let t = Instant::now();
-            f.write_all(&block)
-                .map_err(|e| BenchError::io(format!("write {}", path.display()), e))?;
-            f.sync_data()
-                .map_err(|e| BenchError::io(format!("fdatasync {}", path.display()), e))?;
-            samples.push(t.elapsed());
+            match at {
+                Some(offset) => f.write_all_at(&block, offset),
+                None => f.write_all(&block),
+            }
+            .and_then(|()| f.sync_data())
+            .map_err(|e| BenchError::io(format!("write and fdatasync {}", path.display()), e))?;
+            Ok::<_, BenchError>(t.elapsed())
+        };
+        let mut append = Vec::with_capacity(rounds);
+        for _ in 0..rounds {
+            append.push(durable_write(&mut f, None)?);
         }
-        Ok(stats::median(&samples).unwrap_or_default())
+        let mut overwrite = Vec::with_capacity(rounds);
+        for i in 0..rounds {
+            overwrite.push(durable_write(&mut f, Some(4096 * i as u64))?);
+        }
+        Ok(Disk {
+            dir: dir.to_path_buf(),
+            filesystem: fs::read_to_string("/proc/self/mounts")
+                .ok()
+                .and_then(|m| filesystem_of(&m, &dir.canonicalize().unwrap_or(dir.to_path_buf()))),
+            append: stats::median(&append).unwrap_or_default(),
+            overwrite: stats::median(&overwrite).unwrap_or_default(),
+        })
     })();
     let _ = fs::remove_file(&path);
     result
@@ -174,12 +248,28 @@ mod tests {
     }
 
     #[test]
-    fn detects_this_machine_and_measures_its_disk() {
+    fn finds_the_filesystem_of_a_path() {
+        let mounts = "/dev/vda / ext4 rw 0 0\ntmpfs /tmp tmpfs rw 0 0\nproc /proc proc rw 0 0\ntmpfs /tmpx tmpfs rw 0 0\n";
+        assert_eq!(
+            filesystem_of(mounts, Path::new("/tmp/a/b")).as_deref(),
+            Some("tmpfs on tmpfs")
+        );
+        assert_eq!(
+            filesystem_of(mounts, Path::new("/var/lib")).as_deref(),
+            Some("ext4 on /dev/vda")
+        );
+        assert_eq!(filesystem_of("", Path::new("/x")), None);
+    }
+
+    #[test]
+    fn detects_this_machine_and_probes_its_disk() {
         let m = Machine::detect();
         assert!(m.cores >= 1);
         let dir = std::env::temp_dir();
-        let d = fdatasync_latency(&dir, 3).unwrap();
-        assert!(d > Duration::ZERO);
+        let d = probe_disk(&dir, 3).unwrap();
+        assert!(d.append > Duration::ZERO && d.overwrite > Duration::ZERO);
+        assert!(d.filesystem.is_some());
+        assert!(d.summary().contains("appending"));
         assert!(!dir.join("mesh-bench-fsync-probe").exists());
     }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crate::etcd::{self, EtcdCluster};
 use crate::http::Endpoint;
 use crate::load::{self, LoadResult, LoadSpec, ProbeResult, ProbeSpec, Workload};
-use crate::machine::{self, Machine};
+use crate::machine::{self, Disk, Machine};
 use crate::meshd::MeshdCluster;
 use crate::{BenchError, netns};
 
@@ -137,10 +137,8 @@ pub struct RaftReport {
     pub date: String,
     /// The machine.
     pub machine: Machine,
-    /// Median `write 4 KiB + fdatasync` in the directory holding both systems' data.
-    pub fdatasync: Duration,
-    /// That directory.
-    pub data_dir: PathBuf,
+    /// The disk holding both systems' data.
+    pub disk: Disk,
     /// The options.
     pub options: RaftOptions,
     /// meshd's figures, when it ran.
@@ -153,14 +151,10 @@ pub struct RaftReport {
 pub fn run(opts: &RaftOptions, progress: &dyn Fn(&str)) -> Result<RaftReport, BenchError> {
     opts.validate()?;
     let machine = Machine::detect();
-    let data_dir = std::env::temp_dir();
     progress(&format!("machine: {}", machine.summary()));
-    let fdatasync = machine::fdatasync_latency(&data_dir, FSYNC_ROUNDS)?;
-    progress(&format!(
-        "disk: 4 KiB write + fdatasync in {}: {}",
-        data_dir.display(),
-        ms(fdatasync)
-    ));
+    // Both labs keep their data (meshd's data dirs, etcd's) in a temporary directory.
+    let disk = machine::probe_disk(&std::env::temp_dir(), FSYNC_ROUNDS)?;
+    progress(&format!("disk: {}", disk.summary()));
     let meshd = match opts.systems {
         Systems::Both | Systems::Meshd => Some(run_meshd(opts, progress)?),
         Systems::Etcd => None,
@@ -172,8 +166,7 @@ pub fn run(opts: &RaftOptions, progress: &dyn Fn(&str)) -> Result<RaftReport, Be
     Ok(RaftReport {
         date: time::OffsetDateTime::now_utc().date().to_string(),
         machine,
-        fdatasync,
-        data_dir,
+        disk,
         options: opts.clone(),
         meshd,
         etcd,

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::load::LoadResult;
-use crate::raft::{Figures, RaftReport, VOTERS, ms};
+use crate::raft::{Figures, RaftReport, VOTERS};
 use crate::stats::median;
 
 /// Goal: meshd's writes per second at least this many times etcd's (1 and N clients).
@@ -31,9 +31,8 @@ pub fn render(r: &RaftReport) -> String {
     let _ = writeln!(out, "- machine: {}", r.machine.summary());
     let _ = writeln!(
         out,
-        "- disk: 4 KiB write + fdatasync takes {} (median) in {}, where both systems keep their data",
-        ms(r.fdatasync),
-        r.data_dir.display()
+        "- disk holding both systems' data: {}",
+        r.disk.summary()
     );
     let version = |f: &Option<Figures>| {
         f.as_ref()
@@ -63,7 +62,7 @@ pub fn render(r: &RaftReport) -> String {
     );
     let _ = writeln!(
         out,
-        "- leader kill: a write every 20 ms, each on a fresh connection to a surviving voter with a 300 ms timeout; the figure runs from the SIGKILL to the end of the first accepted write started after it; {} runs",
+        "- leader kill: a write every 20 ms, each on a fresh connection to a surviving voter with a 300 ms timeout; the figure runs from the SIGKILL to the end of the first accepted write started after it; runs: {}",
         o.runs
     );
     let _ = writeln!(
@@ -281,7 +280,7 @@ mod tests {
 
     use super::*;
     use crate::load::ProbeResult;
-    use crate::machine::Machine;
+    use crate::machine::{Disk, Machine};
     use crate::raft::RaftOptions;
     use crate::stats::Latency;
 
@@ -329,8 +328,12 @@ mod tests {
         RaftReport {
             date: "2030-01-02".into(),
             machine: Machine::default(),
-            fdatasync: Duration::from_micros(500),
-            data_dir: PathBuf::from("/tmp"),
+            disk: Disk {
+                dir: PathBuf::from("/tmp"),
+                filesystem: Some("ext4 on /dev/vda".into()),
+                append: Duration::from_millis(4),
+                overwrite: Duration::from_micros(900),
+            },
             options: RaftOptions::default(),
             meshd: Some(figures("0.1.0", 2000, 1000, true)),
             etcd: Some(figures("3.4.23", 800, 1500, false)),
@@ -341,6 +344,10 @@ mod tests {
     fn table_has_ratios_goals_and_verdicts() {
         let t = render(&report());
         assert!(t.contains("meshd 0.1.0, etcd 3.4.23"), "{t}");
+        assert!(
+            t.contains("ext4 on /dev/vda (/tmp): 4 KiB write + fdatasync takes 4.00 ms appending, 0.90 ms overwriting"),
+            "{t}"
+        );
         assert!(
             t.contains(
                 "| writes/s, 1 client, on the leader | 2000 | 800 | 2.50× | ≥ 2× etcd | yes |"

@@ -50,10 +50,6 @@ pub struct Peer {
     pub id: String,
     /// The 24-bit index that receiver indices of this peer's sessions start with.
     pub index: u32,
-    /// Its public key.
-    pub public_key: PublicKey,
-    /// Its persistent keepalive.
-    pub keepalive: Option<u16>,
     endpoint: AtomicU64,
     tunn: Mutex<Tunn>,
 }
@@ -65,9 +61,8 @@ fn pack(a: SocketAddrV4) -> u64 {
 }
 
 fn unpack(v: u64) -> Option<SocketAddrV4> {
-    (v & ENDPOINT_SET != 0).then(|| {
-        SocketAddrV4::new(((v >> 16) as u32).into(), (v & 0xffff) as u16)
-    })
+    (v & ENDPOINT_SET != 0)
+        .then(|| SocketAddrV4::new(((v >> 16) as u32).into(), (v & 0xffff) as u16))
 }
 
 impl Peer {
@@ -93,8 +88,6 @@ impl Peer {
         Peer {
             id: id.to_string(),
             index,
-            public_key,
-            keepalive,
             endpoint: AtomicU64::new(endpoint.map_or(0, pack)),
             tunn: Mutex::new(tunn),
         }
@@ -155,6 +148,104 @@ pub struct Snapshot {
     pub by_index: U32Map<(u32, u32)>,
 }
 
+/// What the engine did since it started, counted per batch by the packet threads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineCounters {
+    /// Reads from the UDP socket (one read may return a GRO-merged run of datagrams).
+    pub udp_rx_reads: u64,
+    /// WireGuard messages received.
+    pub udp_rx_messages: u64,
+    /// WireGuard messages sent.
+    pub udp_tx_messages: u64,
+    /// Send calls' messages (one UDP GSO message carries several WireGuard messages).
+    pub udp_tx_sends: u64,
+    /// Messages the kernel refused to send.
+    pub udp_tx_failed: u64,
+    /// Reads from TUN devices (one read may return a TSO super-packet).
+    pub tun_rx_reads: u64,
+    /// IP packets read from TUN devices, after splitting super-packets.
+    pub tun_rx_packets: u64,
+    /// IP packets written to TUN devices, before GRO coalescing.
+    pub tun_tx_packets: u64,
+    /// Datagrams dropped as not WireGuard, or for an unknown receiver or network key.
+    pub drop_unknown: u64,
+    /// Messages that failed authentication, replay checks or the handshake.
+    pub drop_invalid: u64,
+    /// Decrypted packets whose source the sending peer does not own.
+    pub drop_source: u64,
+    /// Outgoing packets no peer owns the destination of, or whose peer has no endpoint yet.
+    pub drop_no_route: u64,
+}
+
+/// The shared counters behind [`EngineCounters`].
+#[derive(Default)]
+pub struct Counters {
+    v: [AtomicU64; 12],
+}
+
+/// A thread's counts since its last flush into [`Counters`].
+#[derive(Default)]
+struct Local {
+    v: [u64; 12],
+}
+
+const C_UDP_RX_READS: usize = 0;
+const C_UDP_RX_MESSAGES: usize = 1;
+const C_UDP_TX_MESSAGES: usize = 2;
+const C_UDP_TX_SENDS: usize = 3;
+const C_UDP_TX_FAILED: usize = 4;
+const C_TUN_RX_READS: usize = 5;
+const C_TUN_RX_PACKETS: usize = 6;
+const C_TUN_TX_PACKETS: usize = 7;
+const C_DROP_UNKNOWN: usize = 8;
+const C_DROP_INVALID: usize = 9;
+const C_DROP_SOURCE: usize = 10;
+const C_DROP_NO_ROUTE: usize = 11;
+
+impl Local {
+    #[inline]
+    fn add(&mut self, c: usize, n: u64) {
+        self.v[c] += n;
+    }
+
+    /// Moves the send batch's tallies in.
+    fn take_send(&mut self, b: &mut SendBatch) {
+        self.v[C_UDP_TX_MESSAGES] += std::mem::take(&mut b.sent);
+        self.v[C_UDP_TX_SENDS] += std::mem::take(&mut b.messages);
+        self.v[C_UDP_TX_FAILED] += std::mem::take(&mut b.failed);
+    }
+
+    fn flush(&mut self, to: &Counters) {
+        for (i, n) in self.v.iter_mut().enumerate() {
+            if *n != 0 {
+                to.v[i].fetch_add(*n, Ordering::Relaxed);
+                *n = 0;
+            }
+        }
+    }
+}
+
+impl Counters {
+    /// A copy of the counts.
+    pub fn read(&self) -> EngineCounters {
+        let g = |i: usize| self.v[i].load(Ordering::Relaxed);
+        EngineCounters {
+            udp_rx_reads: g(C_UDP_RX_READS),
+            udp_rx_messages: g(C_UDP_RX_MESSAGES),
+            udp_tx_messages: g(C_UDP_TX_MESSAGES),
+            udp_tx_sends: g(C_UDP_TX_SENDS),
+            udp_tx_failed: g(C_UDP_TX_FAILED),
+            tun_rx_reads: g(C_TUN_RX_READS),
+            tun_rx_packets: g(C_TUN_RX_PACKETS),
+            tun_tx_packets: g(C_TUN_TX_PACKETS),
+            drop_unknown: g(C_DROP_UNKNOWN),
+            drop_invalid: g(C_DROP_INVALID),
+            drop_source: g(C_DROP_SOURCE),
+            drop_no_route: g(C_DROP_NO_ROUTE),
+        }
+    }
+}
+
 /// State shared by the packet threads and the control side.
 pub struct Shared {
     /// The host UDP socket.
@@ -165,6 +256,8 @@ pub struct Shared {
     generation: AtomicU64,
     /// Stops the socket and timer threads.
     pub stop: Waker,
+    /// What the packet threads did.
+    pub counters: Counters,
 }
 
 impl Shared {
@@ -176,6 +269,7 @@ impl Shared {
             snapshot: RwLock::new(Arc::new(Snapshot::default())),
             generation: AtomicU64::new(0),
             stop: Waker::new()?,
+            counters: Counters::default(),
         })
     }
 
@@ -205,15 +299,15 @@ impl Shared {
 
 /// A snapshot cached by a thread, reloaded when the generation moves.
 struct Cached {
-    gen: u64,
+    generation: u64,
     snap: Arc<Snapshot>,
 }
 
 impl Cached {
     fn new(shared: &Shared) -> Cached {
-        let gen = shared.generation();
+        let generation = shared.generation();
         Cached {
-            gen,
+            generation,
             snap: shared.load(),
         }
     }
@@ -221,8 +315,8 @@ impl Cached {
     #[inline]
     fn refresh(&mut self, shared: &Shared) -> bool {
         let g = shared.generation();
-        if g != self.gen {
-            self.gen = g;
+        if g != self.generation {
+            self.generation = g;
             self.snap = shared.load();
             true
         } else {
@@ -304,6 +398,7 @@ struct Rx<'a> {
     send: SendBatch,
     gro: GROTable,
     cookie: [u8; 128],
+    local: Local,
 }
 
 fn rx_loop(shared: &Shared) {
@@ -323,28 +418,35 @@ fn rx_loop(shared: &Shared) {
         send: SendBatch::new(256 << 10, false),
         gro: GROTable::new(),
         cookie: [0u8; 128],
+        local: Local::default(),
     };
     loop {
         match recv.recv(fd) {
             Ok(n) => {
                 rx.cache.refresh(shared);
+                rx.local.add(C_UDP_RX_READS, n as u64);
                 for i in 0..n {
                     let (data, from, seg) = recv.get(i);
                     for msg in data.chunks(seg) {
+                        rx.local.add(C_UDP_RX_MESSAGES, 1);
                         rx.handle(msg, from);
                     }
                 }
                 rx.flush_tun();
                 rx.send.flush(fd);
+                rx.local.take_send(&mut rx.send);
+                rx.local.flush(&shared.counters);
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => match shared.stop.wait(fd, libc::POLLIN) {
-                Ok(true) => {}
-                Ok(false) => break,
-                Err(e) => {
-                    tracing::error!(error = %e, "overlay socket: poll failed");
-                    std::thread::sleep(Duration::from_millis(50));
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                match shared.stop.wait(fd, libc::POLLIN) {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(e) => {
+                        tracing::error!(error = %e, "overlay socket: poll failed");
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
                 }
-            },
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
                 tracing::warn!(error = %e, "overlay socket: receive failed");
@@ -364,7 +466,8 @@ impl Rx<'_> {
         if msg.len() < 4 || msg[1..4] != [0, 0, 0] {
             return;
         }
-        let receiver = |at: usize| u32::from_le_bytes([msg[at], msg[at + 1], msg[at + 2], msg[at + 3]]);
+        let receiver =
+            |at: usize| u32::from_le_bytes([msg[at], msg[at + 1], msg[at + 2], msg[at + 3]]);
         let kind = msg[0];
         let r_idx = match (kind, msg.len()) {
             (MSG_INIT, INIT_LEN) => return self.handle_init(msg, from),
@@ -373,12 +476,14 @@ impl Rx<'_> {
             (MSG_DATA, l) if l >= WG_DATA_OVERHEAD => receiver(4),
             _ => {
                 tracing::trace!(%from, "dropping a datagram that is not WireGuard");
+                self.local.add(C_DROP_UNKNOWN, 1);
                 return;
             }
         };
         let snap = self.cache.snap.clone();
         let Some(&(net, slot)) = snap.by_index.get(&(r_idx >> 8)) else {
             tracing::trace!(%from, "dropping a message for an unknown receiver index");
+            self.local.add(C_DROP_UNKNOWN, 1);
             return;
         };
         self.decapsulate(&snap, net, slot, kind, msg, from);
@@ -397,15 +502,22 @@ impl Rx<'_> {
             match parse_handshake_anon(&net.secret, &net.public, &init) {
                 Ok(half) => match net.by_key.get(&half.peer_static_public) {
                     Some(&slot) => self.decapsulate(&snap, ni as u32, slot, MSG_INIT, msg, from),
-                    None => tracing::debug!(
-                        network = %net.id, %from,
-                        "dropping a handshake from a key that is not a peer of the network"
-                    ),
+                    None => {
+                        self.local.add(C_DROP_UNKNOWN, 1);
+                        tracing::debug!(
+                            network = %net.id, %from,
+                            "dropping a handshake from a key that is not a peer of the network"
+                        );
+                    }
                 },
-                Err(e) => tracing::debug!(network = %net.id, %from, error = ?e, "bad handshake"),
+                Err(e) => {
+                    self.local.add(C_DROP_INVALID, 1);
+                    tracing::debug!(network = %net.id, %from, error = ?e, "bad handshake");
+                }
             }
             return;
         }
+        self.local.add(C_DROP_UNKNOWN, 1);
         tracing::trace!(%from, "dropping a handshake for no network of this host");
     }
 
@@ -443,6 +555,7 @@ impl Rx<'_> {
                     self.plain_net[k] = net;
                     self.nplain += 1;
                 } else {
+                    self.local.add(C_DROP_SOURCE, 1);
                     tracing::debug!(network = %n.id, peer = %peer.id, %src,
                         "dropping a packet from an address the peer does not own");
                 }
@@ -453,6 +566,7 @@ impl Rx<'_> {
                 let cookie = out.first() == Some(&MSG_COOKIE);
                 if self.send.room() < SEND_ROOM {
                     self.send.flush(self.shared.fd());
+                    self.local.take_send(&mut self.send);
                 }
                 if !self.send.push(out, from) {
                     return;
@@ -465,6 +579,7 @@ impl Rx<'_> {
                 loop {
                     if self.send.room() < SEND_ROOM {
                         self.send.flush(self.shared.fd());
+                        self.local.take_send(&mut self.send);
                     }
                     match tunn.decapsulate(None, &[], self.send.space()) {
                         TunnResult::WriteToNetwork(p) => {
@@ -481,6 +596,7 @@ impl Rx<'_> {
                 }
             }
             TunnResult::Err(e) => {
+                self.local.add(C_DROP_INVALID, 1);
                 tracing::trace!(network = %n.id, peer = %peer.id, %from, error = ?e, "dropping a message");
             }
         }
@@ -507,13 +623,13 @@ impl Rx<'_> {
                     end += 1;
                 }
             }
-            if let Some(tun) = snap
-                .networks
-                .get(net as usize)
-                .and_then(|n| n.tun.as_ref())
-                && let Err(e) =
-                    tun.dev
-                        .send_multiple(&mut self.gro, &mut self.plain[start..end], VIRTIO_NET_HDR_LEN)
+            self.local.add(C_TUN_TX_PACKETS, (end - start) as u64);
+            if let Some(tun) = snap.networks.get(net as usize).and_then(|n| n.tun.as_ref())
+                && let Err(e) = tun.dev.send_multiple(
+                    &mut self.gro,
+                    &mut self.plain[start..end],
+                    VIRTIO_NET_HDR_LEN,
+                )
             {
                 tracing::debug!(error = %e, "TUN write failed");
             }
@@ -553,14 +669,20 @@ fn tun_loop(shared: &Shared, net_id: &str, tun: &TunDevice) {
     let mut send = SendBatch::new(1 << 20, true);
     let mut cache = Cached::new(shared);
     let mut net = find_net(&cache.snap, net_id);
+    let mut local = Local::default();
     loop {
-        match tun.dev.recv_multiple(&mut original, &mut segs, &mut sizes, 0) {
+        match tun
+            .dev
+            .recv_multiple(&mut original, &mut segs, &mut sizes, 0)
+        {
             Ok(n) => {
                 if cache.refresh(shared) {
                     net = find_net(&cache.snap, net_id);
                 }
+                local.add(C_TUN_RX_READS, 1);
+                local.add(C_TUN_RX_PACKETS, n as u64);
                 if let Some(net) = &net {
-                    encapsulate(net, &segs, &sizes[..n], &mut send, fd);
+                    encapsulate(net, &segs, &sizes[..n], &mut send, fd, &mut local);
                 }
                 if send.room() < MAX_PACKET + 64 * 128 {
                     send.flush(fd);
@@ -568,6 +690,8 @@ fn tun_loop(shared: &Shared, net_id: &str, tun: &TunDevice) {
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 send.flush(fd);
+                local.take_send(&mut send);
+                local.flush(&shared.counters);
                 match tun.stop.wait(tun_fd, libc::POLLIN) {
                     Ok(true) => {}
                     Ok(false) => break,
@@ -591,12 +715,21 @@ fn tun_loop(shared: &Shared, net_id: &str, tun: &TunDevice) {
         }
     }
     send.flush(fd);
+    local.take_send(&mut send);
+    local.flush(&shared.counters);
     tracing::debug!(network = %net_id, "TUN reader stopped");
 }
 
 /// Encrypts the packets read from a TUN device into `send`, one peer lock per run of packets
 /// to the same peer.
-fn encapsulate(net: &NetState, segs: &[Vec<u8>], sizes: &[usize], send: &mut SendBatch, fd: RawFd) {
+fn encapsulate(
+    net: &NetState,
+    segs: &[Vec<u8>],
+    sizes: &[usize],
+    send: &mut SendBatch,
+    fd: RawFd,
+    local: &mut Local,
+) {
     let n = sizes.len();
     let mut i = 0;
     while i < n {
@@ -604,6 +737,7 @@ fn encapsulate(net: &NetState, segs: &[Vec<u8>], sizes: &[usize], send: &mut Sen
             Outbound::Peer(s) => s,
             Outbound::Drop(d) => {
                 tracing::trace!(network = %net.id, reason = ?d, "dropping an outgoing packet");
+                local.add(C_DROP_NO_ROUTE, 1);
                 i += 1;
                 continue;
             }
@@ -614,6 +748,7 @@ fn encapsulate(net: &NetState, segs: &[Vec<u8>], sizes: &[usize], send: &mut Sen
         };
         let Some(ep) = peer.endpoint() else {
             tracing::trace!(network = %net.id, peer = %peer.id, "peer has no endpoint yet");
+            local.add(C_DROP_NO_ROUTE, 1);
             i += 1;
             continue;
         };
@@ -626,6 +761,7 @@ fn encapsulate(net: &NetState, segs: &[Vec<u8>], sizes: &[usize], send: &mut Sen
             }
             if send.room() < pkt.len() + WG_DATA_OVERHEAD + 16 + 148 {
                 send.flush(fd);
+                local.take_send(send);
             }
             match tunn.encapsulate(pkt, send.space()) {
                 TunnResult::WriteToNetwork(out) => {

@@ -163,7 +163,10 @@ mod tests {
     fn matches_rfc7748_vector() {
         // RFC 7748 section 6.1, Alice's key pair, in WireGuard's base64.
         let kp = KeyPair::from_private_b64("dwdtCnMYpX08FsFyUbJmRd9ML4frwJkqsXf7pR25LCo=").unwrap();
-        assert_eq!(kp.public_b64(), "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=");
+        assert_eq!(
+            kp.public_b64(),
+            "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo="
+        );
     }
 
     #[test]

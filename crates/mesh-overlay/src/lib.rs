@@ -24,12 +24,13 @@ mod sandbox;
 mod tun;
 mod udp;
 
+pub use engine::EngineCounters;
 pub use error::OverlayError;
 pub use keys::{KEY_LEN, KeyPair, PublicKey};
 pub use overlay::{NetworkStatus, Overlay, OverlayStatus, PeerStatus};
 pub use plan::{
-    HostPlan, LocalEndpoint, MAX_MTU, MIN_MTU, NetworkPlan, OverlayConfig, PeerPlan,
-    SANDBOX_ID_LEN, TUN_NAME, sandbox_name, validate_config, validate_plan,
+    ENDPOINT_ID_CHARS, HostPlan, LocalEndpoint, MAX_MTU, MIN_MTU, NetworkPlan, OverlayConfig,
+    PeerPlan, SANDBOX_ID_LEN, TUN_NAME, sandbox_name, validate_config, validate_plan,
 };
 pub use routing::RoutingTable;
 pub use udp::{Group, gso_groups};

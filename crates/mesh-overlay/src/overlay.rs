@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use boringtun::noise::rate_limiter::RateLimiter;
 
-use crate::engine::{self, HANDSHAKE_RATE_LIMIT, NetState, Peer, Shared, Snapshot};
+use crate::engine::{self, EngineCounters, HANDSHAKE_RATE_LIMIT, NetState, Peer, Shared, Snapshot};
 use crate::error::OverlayError;
 use crate::keys::{KeyPair, PublicKey};
 use crate::plan::{
@@ -18,7 +18,7 @@ use crate::plan::{
     validate_config, validate_plan,
 };
 use crate::routing::RoutingTable;
-use crate::sandbox::{self, EndpointSpec, SandboxSpec};
+use crate::sandbox::{self, EndpointSpec, SandboxSpec, VETH_ID_CHARS};
 use crate::tun::{self, TunDevice};
 use crate::udp;
 
@@ -37,6 +37,8 @@ pub struct OverlayStatus {
     pub data_port: u16,
     /// Whether the socket receives with UDP GRO.
     pub udp_gro: bool,
+    /// What the packet engine did since it started.
+    pub counters: EngineCounters,
     /// The networks, by ID.
     pub networks: Vec<NetworkStatus>,
 }
@@ -157,10 +159,12 @@ impl Overlay {
             port: cfg.data_port,
             source,
         })?;
-        let shared = Arc::new(Shared::new(socket, gro).map_err(|source| OverlayError::Socket {
-            what: "create the stop latch",
-            source,
-        })?);
+        let shared = Arc::new(
+            Shared::new(socket, gro).map_err(|source| OverlayError::Socket {
+                what: "create the stop latch",
+                source,
+            })?,
+        );
         let mut threads = Vec::new();
         let started = engine::spawn_rx(shared.clone())
             .and_then(|t| {
@@ -175,7 +179,11 @@ impl Overlay {
             }
             return Err(e);
         }
-        tracing::info!(port = cfg.data_port, udp_gro = gro, "overlay engine started");
+        tracing::info!(
+            port = cfg.data_port,
+            udp_gro = gro,
+            "overlay engine started"
+        );
         Ok(Overlay {
             cfg,
             shared,
@@ -233,13 +241,14 @@ impl Overlay {
                 t.stop();
             }
             drop(entry.tun.take());
-            if let Err(e) = sandbox::delete_sandbox(&entry.sandbox) {
-                errors.push(OverlayError::Sandbox {
+            match sandbox::delete_sandbox(&entry.sandbox) {
+                Ok(()) => {
+                    tracing::info!(network = %id, sandbox = %entry.sandbox, "network removed")
+                }
+                Err(e) => errors.push(OverlayError::Sandbox {
                     what: format!("network {id}: delete sandbox {}", entry.sandbox),
                     source: e,
-                });
-            } else {
-                tracing::info!(network = %id, sandbox = %entry.sandbox, "network removed");
+                }),
             }
         }
 
@@ -255,7 +264,9 @@ impl Overlay {
                 for sb in list {
                     if sb.starts_with(&own) && !names.contains(&sb) {
                         match sandbox::delete_sandbox(&sb) {
-                            Ok(()) => tracing::info!(sandbox = %sb, "removed a sandbox no network needs"),
+                            Ok(()) => {
+                                tracing::info!(sandbox = %sb, "removed a sandbox no network needs")
+                            }
                             Err(e) => errors.push(OverlayError::Sandbox {
                                 what: format!("delete leftover sandbox {sb}"),
                                 source: e,
@@ -444,81 +455,63 @@ impl Overlay {
             }
         }
 
-        // Endpoints.
-        match sandbox::list_endpoints(&sb) {
-            Ok(present) => {
-                let present: HashSet<String> = present.into_iter().collect();
-                let wanted: HashSet<&str> = n.local.iter().map(|e| e.id.as_str()).collect();
-                for id in &present {
-                    if !wanted.contains(id.as_str()) {
-                        match sandbox::detach_endpoint(&sb, id) {
-                            Ok(()) => {
-                                entry.endpoints.remove(id);
-                                tracing::info!(network = %n.id, endpoint = %id, "endpoint detached");
-                            }
-                            Err(e) => errors.push(OverlayError::Sandbox {
-                                what: format!("network {}: detach endpoint {id}", n.id),
-                                source: e,
-                            }),
-                        }
-                    }
+        // Endpoints. The sandbox names an endpoint's veth after the first characters of its ID.
+        let short = |id: &str| id.chars().take(VETH_ID_CHARS).collect::<String>();
+        let present: HashSet<String> = match sandbox::list_endpoints(&sb) {
+            Ok(list) => list.into_iter().collect(),
+            Err(e) => {
+                errors.push(OverlayError::Sandbox {
+                    what: format!("network {}: list endpoints of sandbox {sb}", n.id),
+                    source: e,
+                });
+                HashSet::new()
+            }
+        };
+        let wanted: HashSet<String> = n.local.iter().map(|e| short(&e.id)).collect();
+        for id in present.difference(&wanted) {
+            if let Err(e) = sandbox::detach_endpoint(&sb, id) {
+                errors.push(OverlayError::Sandbox {
+                    what: format!("network {}: detach endpoint {id}", n.id),
+                    source: e,
+                });
+            }
+        }
+        entry.endpoints.retain(|id, _| wanted.contains(&short(id)));
+        for ep in &n.local {
+            let rec = EndpointRecord {
+                ep: ep.clone(),
+                prefix,
+                mtu: n.mtu,
+            };
+            // Attach (which repairs) what is missing, changed, or not attached by this process.
+            if present.contains(&short(&ep.id)) && entry.endpoints.get(&ep.id) == Some(&rec) {
+                continue;
+            }
+            let spec = EndpointSpec {
+                id: ep.id.clone(),
+                netns: ep.netns.clone(),
+                ifname: ep.ifname.clone(),
+                ip: ep.ip,
+                prefix,
+                mtu: n.mtu,
+            };
+            match sandbox::attach_endpoint(&sb, &spec) {
+                Ok(()) => {
+                    entry.endpoints.insert(ep.id.clone(), rec);
                 }
-                entry
-                    .endpoints
-                    .retain(|id, _| wanted.contains(id.as_str()));
-                for ep in &n.local {
-                    let rec = EndpointRecord {
-                        ep: ep.clone(),
-                        prefix,
-                        mtu: n.mtu,
-                    };
-                    let known = entry.endpoints.get(&ep.id);
-                    let changed = known.is_some_and(|k| *k != rec);
-                    let attached = present.contains(&ep.id);
-                    if attached && known.is_some() && !changed {
-                        continue;
-                    }
-                    if attached && changed {
-                        if let Err(e) = sandbox::detach_endpoint(&sb, &ep.id) {
-                            errors.push(OverlayError::Sandbox {
-                                what: format!("network {}: detach changed endpoint {}", n.id, ep.id),
-                                source: e,
-                            });
-                            continue;
-                        }
-                    }
-                    let spec = EndpointSpec {
-                        id: ep.id.clone(),
-                        netns: ep.netns.clone(),
-                        ifname: ep.ifname.clone(),
-                        ip: ep.ip,
-                        prefix,
-                        mtu: n.mtu,
-                    };
-                    match sandbox::attach_endpoint(&sb, &spec) {
-                        Ok(()) => {
-                            if !attached || changed {
-                                tracing::info!(network = %n.id, endpoint = %ep.id, ip = %ep.ip,
-                                    "endpoint attached");
-                            }
-                            entry.endpoints.insert(ep.id.clone(), rec);
-                        }
-                        Err(e) => errors.push(OverlayError::Sandbox {
-                            what: format!(
-                                "network {}: attach endpoint {} ({})",
-                                n.id,
-                                ep.id,
-                                ep.netns.display()
-                            ),
-                            source: e,
-                        }),
-                    }
+                Err(e) => {
+                    entry.endpoints.remove(&ep.id);
+                    errors.push(OverlayError::Sandbox {
+                        what: format!(
+                            "network {}: attach endpoint {} ({})",
+                            n.id,
+                            ep.id,
+                            ep.netns.display()
+                        ),
+                        source: e,
+                    });
                 }
             }
-            Err(e) => errors.push(OverlayError::Sandbox {
-                what: format!("network {}: list endpoints of sandbox {sb}", n.id),
-                source: e,
-            }),
         }
 
         let tun_up = entry.tun.as_ref().is_some_and(|t| !t.dev.is_dead());
@@ -574,6 +567,7 @@ impl Overlay {
         OverlayStatus {
             data_port: self.cfg.data_port,
             udp_gro: self.shared.gro,
+            counters: self.shared.counters.read(),
             networks,
         }
     }

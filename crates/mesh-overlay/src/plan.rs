@@ -13,6 +13,8 @@ use crate::keys::{KeyPair, PublicKey};
 pub const TUN_NAME: &str = "wg0";
 /// Length of the network-ID part of a sandbox name.
 pub const SANDBOX_ID_LEN: usize = 12;
+/// Length of the endpoint-ID part of an endpoint's veth name in the sandbox.
+pub const ENDPOINT_ID_CHARS: usize = mesh_sandbox::VETH_ID_CHARS;
 /// Smallest accepted network MTU.
 pub const MIN_MTU: u16 = 576;
 /// Largest accepted network MTU.
@@ -92,8 +94,7 @@ fn name_ok(s: &str) -> bool {
     !s.is_empty()
         && s != "."
         && s != ".."
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
@@ -213,18 +214,26 @@ fn validate_network(n: &NetworkPlan, f: &str) -> Result<(), OverlayError> {
     let mut ep_ids = HashSet::new();
     for e in &n.local {
         let ef = format!("{f}.local[{}]", e.id);
-        if !name_ok(&e.id) {
+        if e.id.is_empty()
+            || e.id.len() > 256
+            || !e
+                .id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+        {
             return Err(OverlayError::invalid(
                 format!("{ef}.id"),
                 format!("{:?} is not a usable endpoint ID", e.id),
-                "use letters, digits, '-', '_' or '.'",
+                "use 1 to 256 letters, digits, '-' or '_'",
             ));
         }
-        if !ep_ids.insert(e.id.as_str()) {
+        let short: String = e.id.chars().take(ENDPOINT_ID_CHARS).collect();
+        if !ep_ids.insert(short) {
             return Err(OverlayError::invalid(
                 format!("{ef}.id"),
-                "the endpoint appears twice",
-                "list each endpoint once",
+                "another endpoint of the network on this host has the same ID or the same \
+                 first 12 characters",
+                format!("endpoint IDs must differ in their first {ENDPOINT_ID_CHARS} characters"),
             ));
         }
         if !e.netns.is_absolute() {
@@ -345,7 +354,10 @@ mod tests {
 
     #[test]
     fn sandbox_names_use_twelve_characters() {
-        assert_eq!(sandbox_name("msb", "1a2b3c4d5e6f7a8b9c"), "msb-1a2b3c4d5e6f");
+        assert_eq!(
+            sandbox_name("msb", "1a2b3c4d5e6f7a8b9c"),
+            "msb-1a2b3c4d5e6f"
+        );
         assert_eq!(sandbox_name("msb", "short"), "msb-short");
     }
 
@@ -374,12 +386,7 @@ mod tests {
         let check = |f: &dyn Fn(&mut NetworkPlan)| {
             let mut n = net("n1");
             f(&mut n);
-            field_of(validate_plan(
-                &cfg(),
-                &HostPlan {
-                    networks: vec![n],
-                },
-            ))
+            field_of(validate_plan(&cfg(), &HostPlan { networks: vec![n] }))
         };
         assert_eq!(check(&|n| n.id = "a/b".into()), "networks[a/b].id");
         assert_eq!(
@@ -435,6 +442,20 @@ mod tests {
         assert_eq!(
             check(&|n| n.local.push(n.local[0].clone())),
             "networks[n1].local[e1].id"
+        );
+        assert_eq!(
+            check(&|n| {
+                n.local[0].id = "0123456789ab-one".into();
+                let mut e = n.local[0].clone();
+                e.id = "0123456789ab-two".into();
+                e.ip = "10.1.0.9".parse().unwrap();
+                n.local.push(e);
+            }),
+            "networks[n1].local[0123456789ab-two].id"
+        );
+        assert_eq!(
+            check(&|n| n.local[0].id = "a.b".into()),
+            "networks[n1].local[a.b].id"
         );
     }
 

@@ -253,9 +253,18 @@ mod tests {
     #[test]
     fn routes_by_destination() {
         let t = table();
-        assert_eq!(t.outbound(&packet("10.0.0.9", "10.0.0.2")), Outbound::Peer(1));
-        assert_eq!(t.outbound(&packet("10.0.0.9", "10.0.0.3")), Outbound::Peer(1));
-        assert_eq!(t.outbound(&packet("10.0.0.9", "10.0.0.4")), Outbound::Peer(2));
+        assert_eq!(
+            t.outbound(&packet("10.0.0.9", "10.0.0.2")),
+            Outbound::Peer(1)
+        );
+        assert_eq!(
+            t.outbound(&packet("10.0.0.9", "10.0.0.3")),
+            Outbound::Peer(1)
+        );
+        assert_eq!(
+            t.outbound(&packet("10.0.0.9", "10.0.0.4")),
+            Outbound::Peer(2)
+        );
         assert_eq!(
             t.outbound(&packet("10.0.0.2", "10.0.0.5")),
             Outbound::Drop(Drop::NoRoute(ip("10.0.0.5")))
@@ -265,8 +274,14 @@ mod tests {
     #[test]
     fn accepts_only_owned_sources() {
         let t = table();
-        assert_eq!(t.inbound(1, &packet("10.0.0.2", "10.0.0.9")), Inbound::Accept);
-        assert_eq!(t.inbound(2, &packet("10.0.0.4", "10.0.0.9")), Inbound::Accept);
+        assert_eq!(
+            t.inbound(1, &packet("10.0.0.2", "10.0.0.9")),
+            Inbound::Accept
+        );
+        assert_eq!(
+            t.inbound(2, &packet("10.0.0.4", "10.0.0.9")),
+            Inbound::Accept
+        );
         // Peer 2 pretending to be peer 1's address.
         assert_eq!(
             t.inbound(2, &packet("10.0.0.2", "10.0.0.9")),

@@ -70,7 +70,8 @@ pub fn create(
             Err(e) => return Err(e),
         };
         dev.set_nonblocking(true)?;
-        Ok((dev, off && dev.tcp_gso()))
+        let off = off && dev.tcp_gso();
+        Ok((dev, off))
     })
     .map_err(|e| OverlayError::Sandbox {
         what: format!("network {network}: create {name} in sandbox {sandbox_name}"),
@@ -92,6 +93,9 @@ pub fn exists_in(netns: &Path, name: &str) -> bool {
         return false;
     };
     // SAFETY: if_nametoindex reads a NUL-terminated string that outlives the call.
-    sandbox::run_in_netns(netns, move || unsafe { libc::if_nametoindex(cname.as_ptr()) } != 0)
-        .unwrap_or(false)
+    sandbox::run_in_netns(
+        netns,
+        move || unsafe { libc::if_nametoindex(cname.as_ptr()) } != 0,
+    )
+    .unwrap_or(false)
 }

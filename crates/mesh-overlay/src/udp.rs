@@ -38,7 +38,12 @@ fn set_buffer(s: &Socket, force: libc::c_int, plain: libc::c_int) {
     }
 }
 
-fn setsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int, v: libc::c_int) -> io::Result<()> {
+fn setsockopt_int(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    v: libc::c_int,
+) -> io::Result<()> {
     // SAFETY: passes a pointer to a live c_int and its size.
     let rc = unsafe {
         libc::setsockopt(
@@ -319,6 +324,8 @@ pub struct SendBatch {
     gso: bool,
     /// Packets handed to the kernel.
     pub sent: u64,
+    /// Messages handed to the kernel (a GSO message carries several packets).
+    pub messages: u64,
     /// Packets the kernel refused.
     pub failed: u64,
 }
@@ -340,13 +347,9 @@ impl SendBatch {
             cmsgs: vec![[0u64; 4]; MAX_MMSG],
             gso,
             sent: 0,
+            messages: 0,
             failed: 0,
         }
-    }
-
-    /// Whether GSO is (still) in use.
-    pub fn gso(&self) -> bool {
-        self.gso
     }
 
     /// Free bytes.
@@ -354,12 +357,8 @@ impl SendBatch {
         self.buf.len() - self.used
     }
 
-    /// Number of packets waiting.
-    pub fn len(&self) -> usize {
-        self.pkts.len()
-    }
-
     /// Whether no packet waits.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.pkts.is_empty()
     }
@@ -447,6 +446,7 @@ impl SendBatch {
                     let gr = self.groups[g + k];
                     off += gr.bytes;
                     self.sent += gr.count as u64;
+                    self.messages += 1;
                 }
                 g += r;
                 continue;
@@ -520,7 +520,13 @@ mod tests {
 
     #[test]
     fn a_shorter_packet_ends_a_group_and_a_longer_one_starts_one() {
-        let p = vec![(1400, a(1)), (1400, a(1)), (600, a(1)), (1400, a(1)), (1500, a(1))];
+        let p = vec![
+            (1400, a(1)),
+            (1400, a(1)),
+            (600, a(1)),
+            (1400, a(1)),
+            (1500, a(1)),
+        ];
         let g = groups(&p, true, 64, MAX_UDP_PAYLOAD);
         assert_eq!(
             g,
@@ -556,7 +562,10 @@ mod tests {
         let g = groups(&p, true, 4, MAX_UDP_PAYLOAD);
         assert_eq!(g.iter().map(|g| g.count).collect::<Vec<_>>(), vec![4, 4, 2]);
         let g = groups(&p, true, 64, 3500);
-        assert_eq!(g.iter().map(|g| g.count).collect::<Vec<_>>(), vec![3, 3, 3, 1]);
+        assert_eq!(
+            g.iter().map(|g| g.count).collect::<Vec<_>>(),
+            vec![3, 3, 3, 1]
+        );
         // Every packet is in exactly one group, in order.
         let total: usize = g.iter().map(|g| g.count).sum();
         assert_eq!(total, 10);
@@ -612,7 +621,8 @@ mod tests {
 
     fn bind_loopback() -> (Socket, bool) {
         let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
-        s.bind(&SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0).into()).unwrap();
+        s.bind(&SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0).into())
+            .unwrap();
         let gro = setsockopt_int(s.as_raw_fd(), libc::SOL_UDP, libc::UDP_GRO, 1).is_ok();
         (s, gro)
     }

@@ -31,8 +31,8 @@ use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute,
 use rtnetlink::{LinkBridge, LinkVeth};
 
 pub use crate::error::SandboxError;
-pub use crate::ns::{NETNS_DIR, netns_exists, netns_path};
 use crate::nl::{Nl, is_kind, with_netlink};
+pub use crate::ns::{NETNS_DIR, netns_exists, netns_path};
 
 /// Name of the bridge inside every sandbox.
 pub const BRIDGE_NAME: &str = "br0";
@@ -117,7 +117,9 @@ fn validate_sandbox_name(field: &'static str, name: &str) -> Result<(), SandboxE
 }
 
 fn validate_endpoint_id(id: &str) -> Result<(), SandboxError> {
-    let ok_chars = id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'));
+    let ok_chars = id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'));
     if id.is_empty() || id.len() > 256 || !ok_chars {
         return Err(invalid(
             "endpoint id",
@@ -144,7 +146,11 @@ fn validate_ifname(field: &'static str, name: &str) -> Result<(), SandboxError> 
 
 fn validate_mtu(field: &'static str, mtu: u16) -> Result<(), SandboxError> {
     if mtu < MIN_MTU {
-        return Err(invalid(field, mtu, format!("use an MTU between {MIN_MTU} and 65535")));
+        return Err(invalid(
+            field,
+            mtu,
+            format!("use an MTU between {MIN_MTU} and 65535"),
+        ));
     }
     Ok(())
 }
@@ -158,10 +164,18 @@ fn validate_host_addr(
     prefix: u8,
 ) -> Result<(), SandboxError> {
     if !(1..=30).contains(&prefix) {
-        return Err(invalid(prefix_field, prefix, "use a prefix length from 1 to 30"));
+        return Err(invalid(
+            prefix_field,
+            prefix,
+            "use a prefix length from 1 to 30",
+        ));
     }
     if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_broadcast() {
-        return Err(invalid(ip_field, ip, "use a unicast address of the network's subnet"));
+        return Err(invalid(
+            ip_field,
+            ip,
+            "use a unicast address of the network's subnet",
+        ));
     }
     let mask = u32::MAX << (32 - u32::from(prefix));
     let host = u32::from(ip) & !mask;
@@ -236,10 +250,12 @@ pub fn ensure_sandbox(spec: &SandboxSpec) -> Result<(), SandboxError> {
 }
 
 fn first(nls: Vec<Nl>) -> Result<Nl, SandboxError> {
-    nls.into_iter().next().ok_or_else(|| SandboxError::Panicked {
-        netns: "current".into(),
-        message: "no netlink handle was opened".into(),
-    })
+    nls.into_iter()
+        .next()
+        .ok_or_else(|| SandboxError::Panicked {
+            netns: "current".into(),
+            message: "no netlink handle was opened".into(),
+        })
 }
 
 async fn setup_sandbox(nl: &Nl, s: &SandboxSpec) -> Result<(), SandboxError> {
@@ -261,13 +277,25 @@ async fn setup_sandbox(nl: &Nl, s: &SandboxSpec) -> Result<(), SandboxError> {
         None => {
             nl.add_link(
                 &format!("create bridge {BRIDGE_NAME}"),
-                LinkBridge::new(BRIDGE_NAME).mtu(mtu).address(mac.to_vec()).build(),
+                LinkBridge::new(BRIDGE_NAME).address(mac.to_vec()).build(),
             )
             .await?;
+            let l = nl.require_link(BRIDGE_NAME).await?;
+            // An MTU given at creation is not "set by the user" for the bridge driver, which then
+            // lowers it to the smallest port's MTU as ports join. Setting it afterwards (to a
+            // value that differs from the current one, else the kernel skips it) pins it.
+            let op = format!("set the MTU of {BRIDGE_NAME}");
+            if l.mtu == mtu {
+                nl.set_link(&op, nl::by_index(l.index).mtu(mtu - 1).build())
+                    .await?;
+            }
+            nl.set_link(&op, nl::by_index(l.index).mtu(mtu).build())
+                .await?;
             nl.require_link(BRIDGE_NAME).await?
         }
     };
-    nl.ensure_link_state(&br, Some(mtu), Some(mac), None).await?;
+    nl.ensure_link_state(&br, Some(mtu), Some(mac), None)
+        .await?;
     nl.ensure_only_addr_v4(&br, s.gateway, s.prefix).await?;
 
     for (key, value) in [
@@ -309,6 +337,22 @@ pub fn delete_sandbox(name: &str) -> Result<(), SandboxError> {
     ns::remove_named_netns(name)
 }
 
+/// Creates the empty named network namespace `/var/run/netns/NAME` unless it exists (what
+/// `ip netns add` does, without failing on an existing one), and returns its path. Useful for a
+/// task's namespace before its container starts.
+pub fn ensure_netns(name: &str) -> Result<PathBuf, SandboxError> {
+    validate_sandbox_name("netns name", name)?;
+    ns::create_named_netns(name)?;
+    Ok(netns_path(name))
+}
+
+/// Unmounts and removes the named network namespace `name` (what `ip netns del` does), without
+/// touching its links: they go when the last user of the namespace does. Missing = Ok.
+pub fn delete_netns(name: &str) -> Result<(), SandboxError> {
+    validate_sandbox_name("netns name", name)?;
+    ns::remove_named_netns(name)
+}
+
 /// Names in /var/run/netns starting with `prefix`, sorted.
 pub fn list_sandboxes(prefix: &str) -> Result<Vec<String>, SandboxError> {
     ns::list_named(prefix)
@@ -337,7 +381,8 @@ pub fn set_link_up(sandbox: &str, ifname: &str, mtu: Option<u16>) -> Result<(), 
     with_netlink(vec![Some(netns_path(sandbox))], move |nls| async move {
         let nl = first(nls)?;
         let link = nl.require_link(&ifname).await?;
-        nl.ensure_link_state(&link, mtu.map(u32::from), None, None).await
+        nl.ensure_link_state(&link, mtu.map(u32::from), None, None)
+            .await
     })
 }
 
@@ -374,10 +419,13 @@ pub fn attach_endpoint(sandbox: &str, ep: &EndpointSpec) -> Result<(), SandboxEr
 }
 
 async fn plumb_endpoint(sb: &Nl, en: &Nl, ep: &EndpointSpec) -> Result<(), SandboxError> {
-    let br = sb.link(BRIDGE_NAME).await?.ok_or_else(|| SandboxError::NotReady {
-        netns: sb.ns.clone(),
-        what: format!("no {BRIDGE_NAME}"),
-    })?;
+    let br = sb
+        .link(BRIDGE_NAME)
+        .await?
+        .ok_or_else(|| SandboxError::NotReady {
+            netns: sb.ns.clone(),
+            what: format!("no {BRIDGE_NAME}"),
+        })?;
     let (gw, plen) = sb
         .addrs_v4(br.index)
         .await?
@@ -448,10 +496,12 @@ async fn plumb_endpoint(sb: &Nl, en: &Nl, ep: &EndpointSpec) -> Result<(), Sandb
     }
 
     let ve = sb.require_link(&ve_name).await?;
-    sb.ensure_link_state(&ve, Some(mtu), None, Some(br.index)).await?;
+    sb.ensure_link_state(&ve, Some(mtu), None, Some(br.index))
+        .await?;
     let target = en.require_link(&ep.ifname).await?;
     en.ensure_only_addr_v4(&target, ep.ip, ep.prefix).await?;
-    en.ensure_link_state(&target, Some(mtu), Some(mac), None).await?;
+    en.ensure_link_state(&target, Some(mtu), Some(mac), None)
+        .await?;
     Ok(())
 }
 
@@ -504,7 +554,11 @@ pub fn sync_routes(sandbox: &str, dev: &str, dests: &[Ipv4Addr]) -> Result<(), S
     validate_ifname("dev", dev)?;
     for d in dests {
         if d.is_unspecified() || d.is_multicast() || d.is_broadcast() || d.is_loopback() {
-            return Err(invalid("route destination", d, "use unicast endpoint addresses"));
+            return Err(invalid(
+                "route destination",
+                d,
+                "use unicast endpoint addresses",
+            ));
         }
     }
     let want: BTreeSet<Ipv4Addr> = dests.iter().copied().collect();
@@ -539,7 +593,10 @@ pub fn sync_routes(sandbox: &str, dev: &str, dests: &[Ipv4Addr]) -> Result<(), S
 pub fn interface_mtu_towards(dst: IpAddr) -> Result<u16, SandboxError> {
     with_netlink(vec![None], move |nls| async move {
         let nl = first(nls)?;
-        let (oif, metric) = nl.route_to(dst).await?.ok_or(SandboxError::NoRoute { dst })?;
+        let (oif, metric) = nl
+            .route_to(dst)
+            .await?
+            .ok_or(SandboxError::NoRoute { dst })?;
         let link = nl
             .link_by_index(oif)
             .await?
@@ -627,7 +684,10 @@ mod tests {
         };
         assert_eq!(bad(|e| e.id = "a b".into()), "endpoint id");
         assert_eq!(bad(|e| e.netns = "relative/x".into()), "endpoint netns");
-        assert_eq!(bad(|e| e.ifname = "0123456789abcdef".into()), "endpoint ifname");
+        assert_eq!(
+            bad(|e| e.ifname = "0123456789abcdef".into()),
+            "endpoint ifname"
+        );
         assert_eq!(bad(|e| e.ifname = "a:b".into()), "endpoint ifname");
         assert_eq!(bad(|e| e.ip = Ipv4Addr::new(224, 0, 0, 1)), "endpoint ip");
         assert_eq!(bad(|e| e.prefix = 32), "endpoint prefix");

@@ -8,12 +8,12 @@ use std::path::{Path, PathBuf};
 use futures::TryStreamExt;
 use nix::errno::Errno;
 use nix::sched::{CloneFlags, setns};
+use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteMetric, RouteScope, RouteType,
 };
-use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
 use crate::SandboxError;
@@ -87,7 +87,10 @@ fn errno_of(e: &rtnetlink::Error) -> Option<Errno> {
 /// Runs `f` with route-netlink handles opened in each of `namespaces` (in that order; `None`
 /// is the caller's own namespace), on a fresh thread with a single-threaded runtime. The thread
 /// ends inside the last namespace, so /proc/sys/net writes made by `f` land there.
-pub(crate) fn with_netlink<T, F, Fut>(namespaces: Vec<Option<PathBuf>>, f: F) -> Result<T, SandboxError>
+pub(crate) fn with_netlink<T, F, Fut>(
+    namespaces: Vec<Option<PathBuf>>,
+    f: F,
+) -> Result<T, SandboxError>
 where
     T: Send + 'static,
     F: FnOnce(Vec<Nl>) -> Fut + Send + 'static,
@@ -116,10 +119,12 @@ where
             for ns in files {
                 let ns_label = match ns {
                     Some((file, path)) => {
-                        setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| SandboxError::Netns {
-                            path: path.clone(),
-                            op: "enter (setns) the namespace",
-                            source: std::io::Error::from_raw_os_error(e as i32),
+                        setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| {
+                            SandboxError::Netns {
+                                path: path.clone(),
+                                op: "enter (setns) the namespace",
+                                source: std::io::Error::from_raw_os_error(e as i32),
+                            }
                         })?;
                         path.display().to_string()
                     }
@@ -175,10 +180,12 @@ impl Nl {
 
     /// The link named `name`; an error naming it when there is none.
     pub(crate) async fn require_link(&self, name: &str) -> Result<Link, SandboxError> {
-        self.link(name).await?.ok_or_else(|| SandboxError::LinkMissing {
-            netns: self.ns.clone(),
-            link: name.to_owned(),
-        })
+        self.link(name)
+            .await?
+            .ok_or_else(|| SandboxError::LinkMissing {
+                netns: self.ns.clone(),
+                link: name.to_owned(),
+            })
     }
 
     /// The link with ifindex `index`, if there is one.
@@ -266,14 +273,20 @@ impl Nl {
                 .await?;
         }
         if !link.up {
-            self.set_link(&format!("bring link {} up", link.name), by_index(link.index).up().build())
-                .await?;
+            self.set_link(
+                &format!("bring link {} up", link.name),
+                by_index(link.index).up().build(),
+            )
+            .await?;
         }
         Ok(())
     }
 
     /// The IPv4 addresses on the link with ifindex `index`, with their prefix lengths.
-    pub(crate) async fn addrs_v4(&self, index: u32) -> Result<Vec<(Ipv4Addr, u8, AddressMessage)>, SandboxError> {
+    pub(crate) async fn addrs_v4(
+        &self,
+        index: u32,
+    ) -> Result<Vec<(Ipv4Addr, u8, AddressMessage)>, SandboxError> {
         let msgs: Vec<AddressMessage> = self
             .handle
             .address()
@@ -306,7 +319,12 @@ impl Nl {
     }
 
     /// Makes `ip/prefix` the only IPv4 address of `link`.
-    pub(crate) async fn ensure_only_addr_v4(&self, link: &Link, ip: Ipv4Addr, prefix: u8) -> Result<(), SandboxError> {
+    pub(crate) async fn ensure_only_addr_v4(
+        &self,
+        link: &Link,
+        ip: Ipv4Addr,
+        prefix: u8,
+    ) -> Result<(), SandboxError> {
         let mut present = false;
         for (have, plen, msg) in self.addrs_v4(link.index).await? {
             if have == ip && plen == prefix {
@@ -318,7 +336,10 @@ impl Nl {
                 Ok(()) => {}
                 Err(e) if errno_of(&e) == Some(Errno::EADDRNOTAVAIL) => {}
                 Err(e) => {
-                    return Err(self.err(format!("remove address {have}/{plen} from {}", link.name), e));
+                    return Err(self.err(
+                        format!("remove address {have}/{plen} from {}", link.name),
+                        e,
+                    ));
                 }
             }
         }
@@ -334,7 +355,10 @@ impl Nl {
     }
 
     /// The /32 unicast routes of the main table that go out of ifindex `oif`.
-    pub(crate) async fn host_routes_via(&self, oif: u32) -> Result<Vec<(Ipv4Addr, RouteMessage)>, SandboxError> {
+    pub(crate) async fn host_routes_via(
+        &self,
+        oif: u32,
+    ) -> Result<Vec<(Ipv4Addr, RouteMessage)>, SandboxError> {
         let msgs: Vec<RouteMessage> = self
             .handle
             .route()
@@ -372,7 +396,12 @@ impl Nl {
     }
 
     /// Adds (or replaces) the route `dst/32 dev <oif> scope link`.
-    pub(crate) async fn add_host_route(&self, dst: Ipv4Addr, oif: u32, dev: &str) -> Result<(), SandboxError> {
+    pub(crate) async fn add_host_route(
+        &self,
+        dst: Ipv4Addr,
+        oif: u32,
+        dev: &str,
+    ) -> Result<(), SandboxError> {
         let msg = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(dst, 32)
             .output_interface(oif)
@@ -387,7 +416,11 @@ impl Nl {
             .map_err(|e| self.err(format!("add route {dst}/32 dev {dev}"), e))
     }
 
-    pub(crate) async fn del_route(&self, msg: RouteMessage, what: &str) -> Result<(), SandboxError> {
+    pub(crate) async fn del_route(
+        &self,
+        msg: RouteMessage,
+        what: &str,
+    ) -> Result<(), SandboxError> {
         match self.handle.route().del(msg).execute().await {
             Ok(()) => Ok(()),
             Err(e) if errno_of(&e) == Some(Errno::ESRCH) => Ok(()),
@@ -396,9 +429,14 @@ impl Nl {
     }
 
     /// `ip route get dst`: the output interface and the route's MTU metric, if any.
-    pub(crate) async fn route_to(&self, dst: IpAddr) -> Result<Option<(u32, Option<u32>)>, SandboxError> {
+    pub(crate) async fn route_to(
+        &self,
+        dst: IpAddr,
+    ) -> Result<Option<(u32, Option<u32>)>, SandboxError> {
         let msg = match dst {
-            IpAddr::V4(ip) => RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(ip, 32).build(),
+            IpAddr::V4(ip) => RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(ip, 32)
+                .build(),
             IpAddr::V6(ip) => RouteMessageBuilder::<std::net::Ipv6Addr>::new()
                 .destination_prefix(ip, 128)
                 .build(),
@@ -406,7 +444,9 @@ impl Nl {
         let mut stream = self.handle.route().get(msg).execute();
         let found = match stream.try_next().await {
             Ok(found) => found,
-            Err(e) if matches!(errno_of(&e), Some(Errno::ENETUNREACH | Errno::EHOSTUNREACH)) => None,
+            Err(e) if matches!(errno_of(&e), Some(Errno::ENETUNREACH | Errno::EHOSTUNREACH)) => {
+                None
+            }
             Err(e) => return Err(self.err(format!("look up the route to {dst}"), e)),
         };
         Ok(found.and_then(|m| {

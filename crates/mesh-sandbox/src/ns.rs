@@ -28,9 +28,7 @@ pub fn netns_path(name: &str) -> PathBuf {
 /// Whether `path` is a network namespace: a bind-mounted namespace file such as
 /// `/var/run/netns/NAME`, or a `/proc/PID/ns/net` link of a live process.
 pub fn netns_exists(path: &Path) -> bool {
-    File::open(path)
-        .map(|f| is_netns_file(&f))
-        .unwrap_or(false)
+    File::open(path).map(|f| is_netns_file(&f)).unwrap_or(false)
 }
 
 fn is_netns_file(f: &File) -> bool {
@@ -138,7 +136,8 @@ pub(crate) fn create_named_netns(name: &str) -> Result<bool, SandboxError> {
     let made = std::thread::Builder::new()
         .name("netns-create".into())
         .spawn(move || -> Result<(), (&'static str, Errno)> {
-            unshare(CloneFlags::CLONE_NEWNET).map_err(|e| ("unshare a new network namespace", e))?;
+            unshare(CloneFlags::CLONE_NEWNET)
+                .map_err(|e| ("unshare a new network namespace", e))?;
             mount(
                 Some("/proc/thread-self/ns/net"),
                 &target,
@@ -245,7 +244,9 @@ pub(crate) fn run_on_thread<T: Send + 'static>(
 ) -> Result<T, SandboxError> {
     let label = netns.map_or_else(|| "current".to_owned(), |p| p.display().to_string());
     // Open the namespace here so that a missing one is reported before a thread starts.
-    let ns = netns.map(|p| open_netns(p).map(|f| (f, p.to_path_buf()))).transpose()?;
+    let ns = netns
+        .map(|p| open_netns(p).map(|f| (f, p.to_path_buf())))
+        .transpose()?;
     let handle = std::thread::Builder::new()
         .name("netns-worker".into())
         .spawn(move || -> Result<T, SandboxError> {

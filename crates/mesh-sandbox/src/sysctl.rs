@@ -22,6 +22,12 @@ pub(crate) fn set(netns: &str, key: &str, value: &str) -> Result<(), SandboxErro
     if current.trim() == value {
         return Ok(());
     }
-    tracing::debug!(netns, key, from = current.trim(), to = value, "setting sysctl");
+    tracing::debug!(
+        netns,
+        key,
+        from = current.trim(),
+        to = value,
+        "setting sysctl"
+    );
     fs::write(&path, value).map_err(err)
 }

@@ -407,8 +407,17 @@ mod tests {
         assert!(out.stderr.contains("torn down"), "{}", out.stderr);
         let pid = std::fs::read_to_string(&pidfile).unwrap();
         let pid = pid.trim();
-        // Gone, or a zombie waiting for its new parent to reap it.
-        let state = crate::stale::proc_state(pid.parse().unwrap());
+        // Gone, or a zombie waiting for its new parent to reap it. SIGKILL is delivered
+        // asynchronously: give the process a moment to finish dying.
+        let pid_num: u32 = pid.parse().unwrap();
+        let mut state = crate::stale::proc_state(pid_num);
+        for _ in 0..100 {
+            if matches!(state, None | Some('Z')) {
+                break;
+            }
+            thread::sleep(Duration::from_millis(20));
+            state = crate::stale::proc_state(pid_num);
+        }
         assert!(
             matches!(state, None | Some('Z')),
             "grandchild {pid} killed with its group: state {state:?}"

@@ -127,6 +127,20 @@ async fn follow(
     active: &Arc<Active>,
     resp: &HeartbeatResponse,
 ) -> anyhow::Result<()> {
+    if resp.network_version != active.net().applied_version() && active.net().begin_sync() {
+        // In the background: plumbing must not delay heartbeats.
+        let a = Arc::clone(active);
+        tokio::spawn(async move {
+            if let Err(e) = a.sync_network().await {
+                warn!(
+                    error = format!("{e:#}"),
+                    "could not bring the overlay in line; will retry"
+                );
+                a.net().invalidate();
+            }
+            a.net().end_sync();
+        });
+    }
     if !resp.managers.is_empty() {
         let st = active.local_state();
         if st.managers != resp.managers {

@@ -423,6 +423,7 @@ impl Daemon {
                 "invalid --cert-expiry: shorter than 10 seconds; use at least 10s (default 90d)",
             ));
         }
+        let (pools, mask_len) = address_pools(&req)?;
         let node_id = mesh_api::new_id();
         let raft_id = new_raft_id();
         let now = now_ms();
@@ -437,6 +438,8 @@ impl Daemon {
             spec: ClusterSpec {
                 dispatcher,
                 node_cert_expiry_ms: expiry,
+                default_addr_pool: pools,
+                default_addr_pool_mask_len: mask_len,
             },
             now,
         })
@@ -876,6 +879,55 @@ impl Daemon {
     }
 }
 
+/// `--default-addr-pool` and `--default-addr-pool-mask-length`, validated.
+fn address_pools(req: &InitRequest) -> Result<(Vec<ipnet::Ipv4Net>, u8), ErrorBody> {
+    let mut pools = Vec::new();
+    for p in &req.default_addr_pool {
+        let net: ipnet::Ipv4Net = p.parse().map_err(|_| {
+            api_err(
+                ErrorKind::InvalidArgument,
+                format!("invalid --default-addr-pool: {p:?} is not an IPv4 CIDR; write e.g. 10.10.0.0/16"),
+            )
+        })?;
+        mesh_api::network::validate_subnet(&net).map_err(|e| {
+            api_err(
+                ErrorKind::InvalidArgument,
+                e.to_string().replace("--subnet", "--default-addr-pool"),
+            )
+        })?;
+        if pools.iter().any(|q| mesh_manager::ipam::overlaps(q, &net)) {
+            return Err(api_err(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "invalid --default-addr-pool: {net} overlaps another pool given; give disjoint pools"
+                ),
+            ));
+        }
+        pools.push(net);
+    }
+    let mask = req.default_addr_pool_mask_len.unwrap_or(0);
+    if mask != 0 {
+        if !(mesh_api::network::MIN_PREFIX..=mesh_api::network::MAX_PREFIX).contains(&mask) {
+            return Err(api_err(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "invalid --default-addr-pool-mask-length: {mask}; use 8 to 29 (default 24)"
+                ),
+            ));
+        }
+        if let Some(p) = pools.iter().find(|p| p.prefix_len() > mask) {
+            return Err(api_err(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "invalid --default-addr-pool-mask-length: /{mask} subnets don't fit in pool {p}; use at least /{}",
+                    p.prefix_len()
+                ),
+            ));
+        }
+    }
+    Ok((pools, mask))
+}
+
 /// Maps an error of a manager call to an API error.
 fn remote_err(e: mesh_transport::CallError) -> ErrorBody {
     match e {
@@ -1028,7 +1080,11 @@ impl Active {
             let Ok(addr) = target.parse::<SocketAddr>() else {
                 continue;
             };
-            match self.transport.call(addr, method, body.clone(), timeout).await {
+            match self
+                .transport
+                .call(addr, method, body.clone(), timeout)
+                .await
+            {
                 Ok(r) => return Ok(r),
                 Err(e @ mesh_transport::CallError::Remote(_)) => return Err(e),
                 Err(e) => last = e,

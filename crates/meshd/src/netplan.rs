@@ -65,7 +65,7 @@ pub fn plan(
                     public_key,
                     endpoint,
                 } => {
-                    let Ok(pk) = PublicKey::from_b64(public_key) else {
+                    let Ok(pk) = PublicKey::from_b64("--wg-public-key", public_key) else {
                         continue;
                     };
                     peers.push(PeerPlan {
@@ -79,7 +79,10 @@ pub fn plan(
             }
         }
         for n in a.nodes.iter().filter(|n| n.node_id != node_id) {
-            let Some(pk) = n.public_key.as_deref().and_then(|k| PublicKey::from_b64(k).ok())
+            let Some(pk) = n
+                .public_key
+                .as_deref()
+                .and_then(|k| PublicKey::from_b64("network key", k).ok())
             else {
                 continue;
             };

@@ -22,13 +22,14 @@ pub struct NetRuntime {
     keys: Mutex<BTreeMap<String, KeyPair>>,
     keys_path: PathBuf,
     applied_version: AtomicU64,
+    background: std::sync::atomic::AtomicBool,
     /// Serialises syncs.
     pub(crate) sync_lock: tokio::sync::Mutex<()>,
 }
 
-/// Prefix of this node's sandbox namespaces: `msb-<first 8 characters of the node ID>`.
+/// Prefix of this node's sandbox namespaces: `msb<first 8 characters of the node ID>`.
 pub fn sandbox_prefix(node_id: &str) -> String {
-    format!("msb-{}", node_id.get(..8).unwrap_or(node_id))
+    format!("msb{}", node_id.get(..8).unwrap_or(node_id))
 }
 
 impl NetRuntime {
@@ -47,6 +48,7 @@ impl NetRuntime {
             keys: Mutex::new(keys),
             keys_path,
             applied_version: AtomicU64::new(u64::MAX),
+            background: std::sync::atomic::AtomicBool::new(false),
             sync_lock: tokio::sync::Mutex::new(()),
         })
     }
@@ -54,6 +56,16 @@ impl NetRuntime {
     /// The map version last applied.
     pub fn applied_version(&self) -> u64 {
         self.applied_version.load(Ordering::SeqCst)
+    }
+
+    /// Claims the right to run a background sync; false if one is running.
+    pub fn begin_sync(&self) -> bool {
+        !self.background.swap(true, Ordering::SeqCst)
+    }
+
+    /// Releases what [`NetRuntime::begin_sync`] claimed.
+    pub fn end_sync(&self) {
+        self.background.store(false, Ordering::SeqCst);
     }
 
     /// Forgets the applied version, so the next heartbeat triggers a sync.
