@@ -48,7 +48,7 @@ fn stock_wireguard_peer_reaches_overlay_endpoints() {
     let guard = NetnsGuard::default();
     form_cluster(&lab, 2);
     for i in 1..=2 {
-        guard.add_prefix(&sandbox_prefix(&info(&lab, i).unwrap().node_id));
+        guard.add_prefix(&sandbox_prefix(&lab, i));
     }
     ok(
         &lab,

@@ -239,7 +239,8 @@ pub fn pings(from: &str, ip: &str) -> bool {
         .success()
 }
 
-/// The sandbox prefix meshd uses for node `node_id`.
-pub fn sandbox_prefix(node_id: &str) -> String {
-    format!("msb{}", &node_id[..8])
+/// The prefix of host `i`'s overlay sandboxes in `lab` (plus the `-` before the
+/// network part, so host1 never matches host10).
+pub fn sandbox_prefix(lab: &Lab, i: usize) -> String {
+    format!("{}-", lab.sandbox_prefix(i))
 }

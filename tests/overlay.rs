@@ -75,10 +75,6 @@ fn connect(lab: &Lab, host: usize, net: &str, ns: &str) -> String {
     out.trim().split('/').next().unwrap().to_string()
 }
 
-fn node_id(lab: &Lab, i: usize) -> String {
-    info(lab, i).unwrap().node_id
-}
-
 #[test]
 fn endpoints_on_three_hosts_reach_each_other_encrypted() {
     if !can_run() {
@@ -88,7 +84,7 @@ fn endpoints_on_three_hosts_reach_each_other_encrypted() {
     let guard = NetnsGuard::default();
     form_cluster(&lab, 3);
     for i in 1..=3 {
-        guard.add_prefix(&sandbox_prefix(&node_id(&lab, i)));
+        guard.add_prefix(&sandbox_prefix(&lab, i));
     }
     let id = ok(
         &lab,
@@ -137,9 +133,18 @@ fn endpoints_on_three_hosts_reach_each_other_encrypted() {
             } else {
                 format!("ep{}", k + 1)
             };
-            let tcp = ask(from, ip, "tcp", "hello").unwrap();
+            // The servers may still be starting: retry until they answer.
+            let tcp = lab
+                .wait_until(&format!("TCP {from} -> {ip}"), CONVERGE, || {
+                    ask(from, ip, "tcp", "hello")
+                })
+                .unwrap();
             assert_eq!(tcp, format!("{tag}:6"));
-            let udp = ask(from, ip, "udp", "dgram").unwrap();
+            let udp = lab
+                .wait_until(&format!("UDP {from} -> {ip}"), CONVERGE, || {
+                    ask(from, ip, "udp", "dgram")
+                })
+                .unwrap();
             assert_eq!(udp, format!("{tag}:dgram"));
         }
     }
@@ -246,7 +251,7 @@ fn overlapping_networks_stay_isolated() {
     let guard = NetnsGuard::default();
     form_cluster(&lab, 2);
     for i in 1..=2 {
-        guard.add_prefix(&sandbox_prefix(&node_id(&lab, i)));
+        guard.add_prefix(&sandbox_prefix(&lab, i));
     }
     ok(
         &lab,
@@ -333,7 +338,7 @@ fn bad_input_is_refused_and_changes_nothing() {
     let lab = lab(1);
     let guard = NetnsGuard::default();
     ok(&lab, 1, &["init", "--advertise-addr", "192.0.2.1"]);
-    guard.add_prefix(&sandbox_prefix(&node_id(&lab, 1)));
+    guard.add_prefix(&sandbox_prefix(&lab, 1));
     ok(
         &lab,
         1,
@@ -394,9 +399,9 @@ fn restarts_kills_and_cleanup() {
     let lab = lab(3);
     let guard = NetnsGuard::default();
     form_cluster(&lab, 3);
-    let ids: Vec<String> = (1..=3).map(|i| node_id(&lab, i)).collect();
-    for id in &ids {
-        guard.add_prefix(&sandbox_prefix(id));
+    let prefixes: Vec<String> = (1..=3).map(|i| sandbox_prefix(&lab, i)).collect();
+    for p in &prefixes {
+        guard.add_prefix(p);
     }
     ok(
         &lab,
@@ -440,8 +445,8 @@ fn restarts_kills_and_cleanup() {
     lab.start_daemon(3).unwrap();
     all_pairs("after kill");
     // One sandbox per host, re-adopted rather than duplicated.
-    for id in &ids {
-        assert_eq!(NetnsGuard::existing(&sandbox_prefix(id)).len(), 1, "{id}");
+    for p in &prefixes {
+        assert_eq!(NetnsGuard::existing(p).len(), 1, "{p}");
     }
     // Disconnect and remove: nothing left behind.
     for i in 1..=3 {
@@ -453,8 +458,9 @@ fn restarts_kills_and_cleanup() {
     }
     ok(&lab, 1, &["network", "rm", "appnet"]);
     lab.wait_until("sandboxes removed", CONVERGE, || {
-        ids.iter()
-            .all(|id| NetnsGuard::existing(&sandbox_prefix(id)).is_empty())
+        prefixes
+            .iter()
+            .all(|p| NetnsGuard::existing(p).is_empty())
             .then_some(())
     })
     .unwrap();
@@ -468,7 +474,7 @@ fn restarts_kills_and_cleanup() {
     ok(&lab, 1, &["network", "create", "--attachable", "again"]);
     let extra = guard.add(&format!("{}-ep9", lab.netns(2)));
     connect(&lab, 2, "again", &extra);
-    assert_eq!(NetnsGuard::existing(&sandbox_prefix(&ids[1])).len(), 1);
+    assert_eq!(NetnsGuard::existing(&prefixes[1]).len(), 1);
     ok(&lab, 2, &["leave"]);
-    assert!(NetnsGuard::existing(&sandbox_prefix(&ids[1])).is_empty());
+    assert!(NetnsGuard::existing(&prefixes[1]).is_empty());
 }

@@ -173,6 +173,13 @@ pub fn run(opts: &RaftOptions, progress: &dyn Fn(&str)) -> Result<RaftReport, Be
     })
 }
 
+/// Seconds as short as they go: `10 s`, `0.5 s`, `1.25 s`.
+pub fn span(d: Duration) -> String {
+    let text = format!("{:.3}", d.as_secs_f64());
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    format!("{text} s")
+}
+
 /// Milliseconds with two decimals.
 pub fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
@@ -189,9 +196,9 @@ fn measure(
     ns: Option<PathBuf>,
 ) -> Result<LoadResult, BenchError> {
     progress(&format!(
-        "{what}: {:.0} s warm-up, {:.0} s measured…",
-        opts.warmup.as_secs_f64(),
-        opts.duration.as_secs_f64()
+        "{what}: {} warm-up, {} measured…",
+        span(opts.warmup),
+        span(opts.duration)
     ));
     let spec = LoadSpec {
         endpoint,
@@ -532,6 +539,10 @@ mod tests {
     #[test]
     fn formats() {
         assert_eq!(ms(Duration::from_micros(1234)), "1.23 ms");
+        assert_eq!(span(Duration::from_secs(10)), "10 s");
+        assert_eq!(span(Duration::from_millis(500)), "0.5 s");
+        assert_eq!(span(Duration::from_millis(1250)), "1.25 s");
+        assert_eq!(span(Duration::ZERO), "0 s");
         assert_eq!(
             seconds(&[Duration::from_millis(1500), Duration::from_millis(20)]),
             "1.50 s, 0.02 s"

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::load::LoadResult;
-use crate::raft::{Figures, RaftReport, VOTERS};
+use crate::raft::{Figures, RaftReport, VOTERS, span};
 use crate::stats::median;
 
 /// Goal: meshd's writes per second at least this many times etcd's (1 and N clients).
@@ -56,9 +56,9 @@ pub fn render(r: &RaftReport) -> String {
     );
     let _ = writeln!(
         out,
-        "- load: {:.0} s warm-up, then {:.0} s measured per row; each client has one keep-alive connection and one write in flight; meshd through the host's API unix socket, etcd through its JSON gateway from inside the host's namespace",
-        o.warmup.as_secs_f64(),
-        o.duration.as_secs_f64()
+        "- load: {} warm-up, then {} measured per row; each client has one keep-alive connection and one write in flight; meshd through the host's API unix socket, etcd through its JSON gateway from inside the host's namespace",
+        span(o.warmup),
+        span(o.duration)
     );
     let _ = writeln!(
         out,

@@ -384,6 +384,8 @@ impl Lab {
             &format!("0.0.0.0:{CONTROL_PORT}"),
             "--hostname",
             &format!("host{i}"),
+            "--sandbox-prefix",
+            &self.sandbox_prefix(i),
         ]
         .iter()
         .map(|s| (*s).to_owned())
@@ -847,6 +849,18 @@ impl Lab {
         self.keep.store(true, Ordering::SeqCst);
     }
 
+    /// Prefix of host `i`'s overlay sandbox namespaces (`meshd --sandbox-prefix`):
+    /// `ml<ID>h<i>`. Removed with the lab.
+    pub fn sandbox_prefix(&self, i: usize) -> String {
+        format!("ml{}h{i}", self.id)
+    }
+
+    /// A name for an extra namespace of the lab (e.g. an endpoint a test connects):
+    /// `ml<ID>-<suffix>`, removed with the lab.
+    pub fn extra_netns_name(&self, suffix: &str) -> String {
+        format!("ml{}-{suffix}", self.id)
+    }
+
     /// Tears the lab down now (what dropping it does): stops every daemon (SIGTERM, then
     /// SIGKILL after 5 s), kills what is left in its namespaces, deletes them, and removes
     /// the temporary directory unless it is kept. Idempotent; callable from another thread
@@ -874,6 +888,14 @@ impl Lab {
             }
         }
         made.netns.clear();
+        // Namespaces made on the lab's behalf: meshd's sandboxes and the endpoints that
+        // tests and the demo create, all named with the lab's prefix.
+        for name in lab_named_netns(&self.id) {
+            stale::kill_netns_processes(&cmd::netns_path(&name));
+            if let Err(e) = stale::delete_netns(&name) {
+                tracing::warn!(netns = %name, error = %e, "could not delete network namespace");
+            }
+        }
         if let Some(m) = made.marker.take() {
             let _ = fs::remove_file(m);
         }
@@ -987,4 +1009,17 @@ mod tests {
         assert_eq!(host_ip(1), Ipv4Addr::new(192, 0, 2, 1));
         assert_eq!(host_ip(199), Ipv4Addr::new(192, 0, 2, 199));
     }
+}
+
+/// Names in /var/run/netns made for lab `id`: `ml<id>-…` and `ml<id>h…`.
+fn lab_named_netns(id: &str) -> Vec<String> {
+    let (a, b) = (format!("ml{id}-"), format!("ml{id}h"));
+    fs::read_dir("/var/run/netns")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| n.starts_with(&a) || n.starts_with(&b))
+                .collect()
+        })
+        .unwrap_or_default()
 }

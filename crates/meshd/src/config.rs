@@ -36,6 +36,10 @@ pub struct Flags {
     /// certificates of this cluster's CA with the manager role)
     #[arg(long)]
     pub remote_api_addr: Option<String>,
+    /// Prefix of the overlay sandbox namespaces this daemon creates (1–16 lowercase
+    /// letters or digits) [default: msb + the first 8 characters of the node ID]
+    #[arg(long)]
+    pub sandbox_prefix: Option<String>,
 }
 
 /// The TOML file: the same keys as the flags.
@@ -49,6 +53,7 @@ pub struct FileConfig {
     data_port: Option<u16>,
     hostname: Option<String>,
     remote_api_addr: Option<String>,
+    sandbox_prefix: Option<String>,
 }
 
 /// The effective, validated configuration.
@@ -68,6 +73,8 @@ pub struct Config {
     pub hostname: String,
     /// Remote API address.
     pub remote_api_addr: Option<SocketAddr>,
+    /// Prefix of overlay sandbox namespaces, if set.
+    pub sandbox_prefix: Option<String>,
 }
 
 /// A configuration value that is wrong; the message names the key and the fix.
@@ -199,7 +206,23 @@ impl Config {
                 fix: "use letters, digits, '-', '_' and '.' only",
             });
         }
+        let sandbox_prefix = flags.sandbox_prefix.or(file.sandbox_prefix);
+        if let Some(p) = &sandbox_prefix
+            && (p.is_empty()
+                || p.len() > 16
+                || !p
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()))
+        {
+            return Err(ConfigError::Invalid {
+                key: "--sandbox-prefix",
+                value: p.clone(),
+                problem: "is not a usable namespace prefix",
+                fix: "use 1 to 16 lowercase letters or digits",
+            });
+        }
         Ok(Config {
+            sandbox_prefix,
             data_dir: flags
                 .data_dir
                 .or(file.data_dir)

@@ -263,8 +263,13 @@ impl Daemon {
         );
         let (stop, _) = watch::channel(false);
         let net = Arc::new(
-            NetRuntime::start(&state.node_id, &self.cfg.data_dir, self.cfg.data_port)
-                .context("starting the overlay data plane")?,
+            NetRuntime::start(
+                &state.node_id,
+                &self.cfg.data_dir,
+                self.cfg.data_port,
+                self.cfg.sandbox_prefix.as_deref(),
+            )
+            .context("starting the overlay data plane")?,
         );
         let active = Arc::new(Active {
             state: Mutex::new(state),

@@ -34,12 +34,17 @@ pub fn sandbox_prefix(node_id: &str) -> String {
 
 impl NetRuntime {
     /// Starts the engine on `data_port` and loads the keys kept in `data_dir`.
-    pub fn start(node_id: &str, data_dir: &Path, data_port: u16) -> anyhow::Result<Self> {
+    pub fn start(
+        node_id: &str,
+        data_dir: &Path,
+        data_port: u16,
+        prefix: Option<&str>,
+    ) -> anyhow::Result<Self> {
         let keys_path = data_dir.join("overlay-keys.json");
         let keys = load_keys(&keys_path)?;
         let overlay = Overlay::start(OverlayConfig {
             data_port,
-            sandbox_prefix: sandbox_prefix(node_id),
+            sandbox_prefix: prefix.map_or_else(|| sandbox_prefix(node_id), str::to_string),
         })
         .with_context(|| format!("starting the overlay on UDP port {data_port} (--data-port)"))?;
         Ok(Self {
@@ -143,14 +148,6 @@ impl NetRuntime {
         };
         overlay.apply(plan).context("applying the overlay plan")?;
         Ok(())
-    }
-
-    /// The engine's view, for `swarm info` and debugging.
-    pub fn status(&self) -> Option<mesh_overlay::OverlayStatus> {
-        self.overlay
-            .lock()
-            .ok()
-            .and_then(|g| g.as_ref().map(Overlay::status))
     }
 
     /// Stops the engine. With `remove`, everything it built goes too (leaving the
