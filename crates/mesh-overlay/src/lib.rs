@@ -16,6 +16,7 @@
 
 mod engine;
 mod error;
+mod gro;
 mod keys;
 mod overlay;
 mod plan;

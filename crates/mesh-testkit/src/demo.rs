@@ -199,6 +199,65 @@ pub fn cluster_steps(lab: &Lab) -> Vec<Step> {
     steps
 }
 
+/// The overlay part of the demo: an encrypted network across the hosts, an endpoint
+/// (a network namespace) on host1 and one on the last host, and the first pinging the
+/// second over WireGuard. The endpoint namespaces are named after the lab, so the lab
+/// removes them with everything else.
+pub fn overlay_steps(lab: &Lab) -> Vec<Step> {
+    let far = lab.hosts().max(1);
+    let ep1 = lab.extra_netns_name("web1");
+    let ep2 = lab.extra_netns_name("web2");
+    let p1 = format!("/var/run/netns/{ep1}");
+    let p2 = format!("/var/run/netns/{ep2}");
+    vec![
+        Step::swarm(
+            "Create an encrypted overlay network",
+            1,
+            &[
+                "network",
+                "create",
+                "-d",
+                "overlay",
+                "--subnet",
+                "10.20.0.0/24",
+                "--attachable",
+                "appnet",
+            ],
+        ),
+        Step::exec("Make a namespace to attach on host1", 1, &["ip", "netns", "add", &ep1]),
+        Step::swarm(
+            "Connect it to appnet (host1)",
+            1,
+            &["network", "connect", "appnet", "--netns", &p1, "--ip", "10.20.0.10"],
+        ),
+        Step::exec(
+            format!("Make a namespace to attach on host{far}"),
+            far,
+            &["ip", "netns", "add", &ep2],
+        ),
+        Step::swarm(
+            format!("Connect it to appnet (host{far})"),
+            far,
+            &["network", "connect", "appnet", "--netns", &p2, "--ip", "10.20.0.20"],
+        ),
+        Step::swarm("The network and its endpoints", 1, &["network", "ls"]),
+        Step::exec(
+            format!("host1's endpoint pings host{far}'s over WireGuard"),
+            1,
+            &[
+                "nsenter",
+                &format!("--net={p1}"),
+                "ping",
+                "-c",
+                "3",
+                "-w",
+                "15",
+                "10.20.0.20",
+            ],
+        ),
+    ]
+}
+
 fn substitute(arg: &str, vars: &BTreeMap<String, String>) -> String {
     let mut s = arg.to_owned();
     for (k, v) in vars {

@@ -242,7 +242,8 @@ fn work(cmd: Cmd, shared: &Shared) -> Result<(), LabError> {
                 return Ok(());
             }
             print_lab(&lab);
-            let steps = demo::cluster_steps(&lab);
+            let mut steps = demo::cluster_steps(&lab);
+            steps.extend(demo::overlay_steps(&lab));
             let mut out = std::io::stdout();
             demo::run(&lab, &steps, &mut out)?;
             if keep {
