@@ -17,9 +17,10 @@ use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519;
 use socket2::Socket;
-use tun_rs::{ExpandBuffer, GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
+use tun_rs::{IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
 use crate::error::OverlayError;
+use crate::gro::{Gro, PacketBuf};
 use crate::keys::PublicKey;
 use crate::routing::{Outbound, RoutingTable, U32Map};
 use crate::tun::TunDevice;
@@ -335,52 +336,6 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>
         })
 }
 
-/// A packet buffer with room for a virtio-net header in front and GRO coalescing behind.
-struct PacketBuf {
-    data: Box<[u8]>,
-    len: usize,
-}
-
-impl PacketBuf {
-    fn new(cap: usize) -> PacketBuf {
-        PacketBuf {
-            data: vec![0u8; cap].into_boxed_slice(),
-            len: 0,
-        }
-    }
-}
-
-impl AsRef<[u8]> for PacketBuf {
-    fn as_ref(&self) -> &[u8] {
-        &self.data[..self.len]
-    }
-}
-
-impl AsMut<[u8]> for PacketBuf {
-    fn as_mut(&mut self) -> &mut [u8] {
-        &mut self.data[..self.len]
-    }
-}
-
-impl ExpandBuffer for PacketBuf {
-    fn buf_capacity(&self) -> usize {
-        self.data.len()
-    }
-    fn buf_resize(&mut self, new_len: usize, value: u8) {
-        let new_len = new_len.min(self.data.len());
-        if new_len > self.len {
-            self.data[self.len..new_len].fill(value);
-        }
-        self.len = new_len;
-    }
-    fn buf_extend_from_slice(&mut self, src: &[u8]) {
-        let end = (self.len + src.len()).min(self.data.len());
-        let n = end - self.len;
-        self.data[self.len..end].copy_from_slice(&src[..n]);
-        self.len = end;
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // UDP → TUN
 
@@ -396,7 +351,7 @@ struct Rx<'a> {
     plain_net: Vec<u32>,
     nplain: usize,
     send: SendBatch,
-    gro: GROTable,
+    gro: Gro,
     cookie: [u8; 128],
     local: Local,
 }
@@ -416,7 +371,7 @@ fn rx_loop(shared: &Shared) {
         plain_net: vec![0; IDEAL_BATCH_SIZE],
         nplain: 0,
         send: SendBatch::new(256 << 10, false),
-        gro: GROTable::new(),
+        gro: Gro::new(),
         cookie: [0u8; 128],
         local: Local::default(),
     };
@@ -624,14 +579,23 @@ impl Rx<'_> {
                 }
             }
             self.local.add(C_TUN_TX_PACKETS, (end - start) as u64);
-            if let Some(tun) = snap.networks.get(net as usize).and_then(|n| n.tun.as_ref())
-                && let Err(e) = tun.dev.send_multiple(
-                    &mut self.gro,
-                    &mut self.plain[start..end],
-                    VIRTIO_NET_HDR_LEN,
-                )
-            {
-                tracing::debug!(error = %e, "TUN write failed");
+            if let Some(tun) = snap.networks.get(net as usize).and_then(|n| n.tun.as_ref()) {
+                let bufs = &mut self.plain[start..end];
+                if tun.offload {
+                    let out = self.gro.coalesce(bufs, tun.dev.udp_gso());
+                    for &k in out {
+                        let b = &bufs[k];
+                        if let Err(e) = tun.dev.send(&b.data[..b.len]) {
+                            tracing::debug!(error = %e, "TUN write failed");
+                        }
+                    }
+                } else {
+                    for b in bufs.iter() {
+                        if let Err(e) = tun.dev.send(b.packet()) {
+                            tracing::debug!(error = %e, "TUN write failed");
+                        }
+                    }
+                }
             }
             start = end;
         }
@@ -837,18 +801,5 @@ mod tests {
             assert_eq!(unpack(pack(a)), Some(a));
         }
         assert_eq!(unpack(0), None);
-    }
-
-    #[test]
-    fn packet_buffers_expand_within_capacity() {
-        let mut b = PacketBuf::new(64);
-        b.buf_resize(10, 7);
-        assert_eq!(b.as_ref(), &[7u8; 10]);
-        b.buf_extend_from_slice(&[1, 2, 3]);
-        assert_eq!(b.as_ref().len(), 13);
-        assert_eq!(&b.as_ref()[10..], &[1, 2, 3]);
-        b.buf_resize(4, 0);
-        assert_eq!(b.as_ref(), &[7u8; 4]);
-        assert_eq!(b.buf_capacity(), 64);
     }
 }

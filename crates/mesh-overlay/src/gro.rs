@@ -239,20 +239,19 @@ impl Gro {
             return false;
         }
         let head_len = bufs[f.head].len;
-        if head_len - HDR + info.payload > MAX_IP || head_len + info.payload > bufs[f.head].data.len()
+        if head_len - HDR + info.payload > MAX_IP
+            || head_len + info.payload > bufs[f.head].data.len()
         {
             return false;
         }
-        if info.proto == Proto::Tcp {
-            if info.seq != f.next_seq
+        if info.proto == Proto::Tcp
+            && (info.seq != f.next_seq
                 || info.ack != h.ack
                 || info.word != h.word
                 || info.thl != h.thl
-                || bufs[i].packet()[40..20 + info.thl]
-                    != bufs[f.head].packet()[40..20 + h.thl]
-            {
-                return false;
-            }
+                || bufs[i].packet()[40..20 + info.thl] != bufs[f.head].packet()[40..20 + h.thl])
+        {
+            return false;
         }
         // Append the payload behind the head.
         let (head, pkt) = if f.head < i {
@@ -501,14 +500,22 @@ mod tests {
 
     #[test]
     fn udp_datagrams_coalesce_when_the_device_can() {
-        let mut bufs = vec![udp(&[1; 300]), udp(&[2; 300]), udp(&[3; 100]), udp(&[4; 300])];
+        let mut bufs = vec![
+            udp(&[1; 300]),
+            udp(&[2; 300]),
+            udp(&[3; 100]),
+            udp(&[4; 300]),
+        ];
         let mut g = Gro::new();
         assert_eq!(g.coalesce(&mut bufs, true), &[0, 3]);
         let p = bufs[0].packet();
         assert_eq!(p.len(), 28 + 700);
         assert_eq!(u16::from_be_bytes([p[24], p[25]]), 708);
         let h = hdr(&bufs[0]);
-        assert_eq!((h.gso_type, h.gso_size, h.hdr_len), (VIRTIO_NET_HDR_GSO_UDP_L4, 300, 28));
+        assert_eq!(
+            (h.gso_type, h.gso_size, h.hdr_len),
+            (VIRTIO_NET_HDR_GSO_UDP_L4, 300, 28)
+        );
         let mut bufs = vec![udp(&[1; 300]), udp(&[2; 300])];
         assert_eq!(g.coalesce(&mut bufs, false), &[0, 1]);
     }
