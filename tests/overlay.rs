@@ -422,13 +422,13 @@ fn restarts_kills_and_cleanup() {
         .map(|i| connect(&lab, i, "appnet", &ns[i - 1]))
         .collect();
     let all_pairs = |what: &str| {
-        for a in 0..3 {
-            for b in 0..3 {
+        for (a, from) in ns.iter().enumerate() {
+            for (b, ip) in ips.iter().enumerate() {
                 if a != b {
                     lab.wait_until(
                         &format!("{what}: ep{} pings ep{}", a + 1, b + 1),
                         CONVERGE,
-                        || pings(&ns[a], &ips[b]).then_some(()),
+                        || pings(from, ip).then_some(()),
                     )
                     .unwrap();
                 }

@@ -1159,6 +1159,7 @@ pub(crate) mod tests {
                     node_id: "n1".into(),
                     owner: EndpointOwner::Netns {
                         path: format!("/p/{id}"),
+                        ifname: "eth0".into(),
                     },
                     ip: Some(ip.parse().unwrap()),
                     now: 1,

@@ -224,11 +224,23 @@ pub fn overlay_steps(lab: &Lab) -> Vec<Step> {
                 "appnet",
             ],
         ),
-        Step::exec("Make a namespace to attach on host1", 1, &["ip", "netns", "add", &ep1]),
+        Step::exec(
+            "Make a namespace to attach on host1",
+            1,
+            &["ip", "netns", "add", &ep1],
+        ),
         Step::swarm(
             "Connect it to appnet (host1)",
             1,
-            &["network", "connect", "appnet", "--netns", &p1, "--ip", "10.20.0.10"],
+            &[
+                "network",
+                "connect",
+                "appnet",
+                "--netns",
+                &p1,
+                "--ip",
+                "10.20.0.10",
+            ],
         ),
         Step::exec(
             format!("Make a namespace to attach on host{far}"),
@@ -238,7 +250,15 @@ pub fn overlay_steps(lab: &Lab) -> Vec<Step> {
         Step::swarm(
             format!("Connect it to appnet (host{far})"),
             far,
-            &["network", "connect", "appnet", "--netns", &p2, "--ip", "10.20.0.20"],
+            &[
+                "network",
+                "connect",
+                "appnet",
+                "--netns",
+                &p2,
+                "--ip",
+                "10.20.0.20",
+            ],
         ),
         Step::swarm("The network and its endpoints", 1, &["network", "ls"]),
         Step::exec(

@@ -978,6 +978,19 @@ fn host_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(SUBNET[0], SUBNET[1], SUBNET[2], last)
 }
 
+/// Names in /var/run/netns made for lab `id`: `ml<id>-…` and `ml<id>h…`.
+fn lab_named_netns(id: &str) -> Vec<String> {
+    let (a, b) = (format!("ml{id}-"), format!("ml{id}h"));
+    fs::read_dir("/var/run/netns")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| n.starts_with(&a) || n.starts_with(&b))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1009,17 +1022,4 @@ mod tests {
         assert_eq!(host_ip(1), Ipv4Addr::new(192, 0, 2, 1));
         assert_eq!(host_ip(199), Ipv4Addr::new(192, 0, 2, 199));
     }
-}
-
-/// Names in /var/run/netns made for lab `id`: `ml<id>-…` and `ml<id>h…`.
-fn lab_named_netns(id: &str) -> Vec<String> {
-    let (a, b) = (format!("ml{id}-"), format!("ml{id}h"));
-    fs::read_dir("/var/run/netns")
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .filter_map(|e| e.file_name().into_string().ok())
-                .filter(|n| n.starts_with(&a) || n.starts_with(&b))
-                .collect()
-        })
-        .unwrap_or_default()
 }
