@@ -34,6 +34,9 @@ pub const TIMER_TICK: Duration = Duration::from_millis(250);
 const MAX_PACKET: usize = 65_535;
 /// Bytes WireGuard adds to a data packet (header 16 + tag 16; padding is extra).
 const WG_DATA_OVERHEAD: usize = 32;
+/// Bytes of encrypted packets after which the TUN reader sends without waiting for the device
+/// to run dry (so the receiving side starts decrypting sooner).
+const FLUSH_AT: usize = 64 << 10;
 /// Room a send batch keeps free for one more packet and its overhead.
 const SEND_ROOM: usize = 9_216 + 64;
 
@@ -648,7 +651,7 @@ fn tun_loop(shared: &Shared, net_id: &str, tun: &TunDevice) {
                 if let Some(net) = &net {
                     encapsulate(net, &segs, &sizes[..n], &mut send, fd, &mut local);
                 }
-                if send.room() < MAX_PACKET + 64 * 128 {
+                if send.pending() >= FLUSH_AT || send.room() < MAX_PACKET + 64 * 128 {
                     send.flush(fd);
                 }
             }

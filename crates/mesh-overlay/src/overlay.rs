@@ -645,3 +645,15 @@ fn build_snapshot(ctl: &Control) -> Snapshot {
     }
     snap
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlay_can_be_shared_between_threads() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<Overlay>();
+        shareable::<OverlayStatus>();
+    }
+}

@@ -352,6 +352,11 @@ impl SendBatch {
         }
     }
 
+    /// Bytes waiting to be sent.
+    pub fn pending(&self) -> usize {
+        self.used
+    }
+
     /// Free bytes.
     pub fn room(&self) -> usize {
         self.buf.len() - self.used

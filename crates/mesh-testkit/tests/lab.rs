@@ -771,7 +771,10 @@ fn cli_demo_walks_through_and_cleans_up() {
     if !setup() {
         return;
     }
-    let out = mesh_lab().args(["demo", "--hosts", "2"]).output().unwrap();
+    let out = mesh_lab()
+        .args(["demo", "--hosts", "2", "--cluster-only"])
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
@@ -882,7 +885,7 @@ fn cli_interrupted_demo_cleans_up() {
     let dir = stand_ins().0.parent().unwrap().to_path_buf();
     let slow = write_script(&dir, "slow-swarm", "import time\ntime.sleep(600)\n");
     let mut child = mesh_lab()
-        .args(["demo", "--hosts", "2"])
+        .args(["demo", "--hosts", "2", "--cluster-only"])
         .env("SWARM_BIN", slow)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

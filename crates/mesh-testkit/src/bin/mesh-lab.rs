@@ -50,6 +50,9 @@ enum Cmd {
         /// Extra argument for every meshd (repeat for several).
         #[arg(long = "meshd-arg", value_name = "ARG", allow_hyphen_values = true)]
         meshd_args: Vec<String>,
+        /// Only form the cluster; skip the overlay network part.
+        #[arg(long)]
+        cluster_only: bool,
     },
     /// Remove labs whose process has died.
     Sweep,
@@ -229,6 +232,7 @@ fn work(cmd: Cmd, shared: &Shared) -> Result<(), LabError> {
             hosts,
             keep,
             meshd_args,
+            cluster_only,
         } => {
             println!("Starting a lab of {hosts} hosts...");
             let lab = Arc::new(Lab::start(LabOptions {
@@ -243,7 +247,9 @@ fn work(cmd: Cmd, shared: &Shared) -> Result<(), LabError> {
             }
             print_lab(&lab);
             let mut steps = demo::cluster_steps(&lab);
-            steps.extend(demo::overlay_steps(&lab));
+            if !cluster_only {
+                steps.extend(demo::overlay_steps(&lab));
+            }
             let mut out = std::io::stdout();
             demo::run(&lab, &steps, &mut out)?;
             if keep {
