@@ -382,12 +382,13 @@ fn rx_loop(shared: &Shared) {
         match recv.recv(fd) {
             Ok(n) => {
                 rx.cache.refresh(shared);
+                let snap = rx.cache.snap.clone();
                 rx.local.add(C_UDP_RX_READS, n as u64);
                 for i in 0..n {
                     let (data, from, seg) = recv.get(i);
                     for msg in data.chunks(seg) {
                         rx.local.add(C_UDP_RX_MESSAGES, 1);
-                        rx.handle(msg, from);
+                        rx.handle(&snap, msg, from);
                     }
                 }
                 rx.flush_tun();
@@ -420,15 +421,16 @@ fn rx_loop(shared: &Shared) {
 
 impl Rx<'_> {
     #[inline]
-    fn handle(&mut self, msg: &[u8], from: SocketAddrV4) {
+    fn handle(&mut self, snap: &Snapshot, msg: &[u8], from: SocketAddrV4) {
         if msg.len() < 4 || msg[1..4] != [0, 0, 0] {
+            self.local.add(C_DROP_UNKNOWN, 1);
             return;
         }
         let receiver =
             |at: usize| u32::from_le_bytes([msg[at], msg[at + 1], msg[at + 2], msg[at + 3]]);
         let kind = msg[0];
         let r_idx = match (kind, msg.len()) {
-            (MSG_INIT, INIT_LEN) => return self.handle_init(msg, from),
+            (MSG_INIT, INIT_LEN) => return self.handle_init(snap, msg, from),
             (MSG_RESPONSE, RESPONSE_LEN) => receiver(8),
             (MSG_COOKIE, COOKIE_LEN) => receiver(4),
             (MSG_DATA, l) if l >= WG_DATA_OVERHEAD => receiver(4),
@@ -438,17 +440,15 @@ impl Rx<'_> {
                 return;
             }
         };
-        let snap = self.cache.snap.clone();
         let Some(&(net, slot)) = snap.by_index.get(&(r_idx >> 8)) else {
             tracing::trace!(%from, "dropping a message for an unknown receiver index");
             self.local.add(C_DROP_UNKNOWN, 1);
             return;
         };
-        self.decapsulate(&snap, net, slot, kind, msg, from);
+        self.decapsulate(snap, net, slot, kind, msg, from);
     }
 
-    fn handle_init(&mut self, msg: &[u8], from: SocketAddrV4) {
-        let snap = self.cache.snap.clone();
+    fn handle_init(&mut self, snap: &Snapshot, msg: &[u8], from: SocketAddrV4) {
         for (ni, net) in snap.networks.iter().enumerate() {
             // mac1 is keyed with the responder's public key: it tells the network cheaply.
             let Ok(Packet::HandshakeInit(init)) =
@@ -459,7 +459,7 @@ impl Rx<'_> {
             };
             match parse_handshake_anon(&net.secret, &net.public, &init) {
                 Ok(half) => match net.by_key.get(&half.peer_static_public) {
-                    Some(&slot) => self.decapsulate(&snap, ni as u32, slot, MSG_INIT, msg, from),
+                    Some(&slot) => self.decapsulate(snap, ni as u32, slot, MSG_INIT, msg, from),
                     None => {
                         self.local.add(C_DROP_UNKNOWN, 1);
                         tracing::debug!(
