@@ -26,7 +26,12 @@ fi
 
 target="${CARGO_TARGET_DIR:-target}"
 echo "building meshd and mesh-bench (release) in $target"
-cargo build --release -p meshd -p mesh-bench --bins
+cargo build --release -p meshd -p mesh-bench --bin meshd --bin mesh-bench
 
 export MESHD_BIN="$target/release/meshd"
+# The source revision, printed next to meshd's version ("+changes": uncommitted changes).
+if rev="$(git rev-parse --short HEAD 2>/dev/null)"; then
+    git diff --quiet HEAD -- crates Cargo.lock 2>/dev/null || rev="$rev+changes"
+    export MESH_BENCH_REVISION="$rev"
+fi
 exec "$target/release/mesh-bench" raft "$@"

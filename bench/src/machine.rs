@@ -11,7 +11,7 @@ use crate::BenchError;
 use crate::stats;
 
 /// The machine.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Machine {
     /// CPU model name (`/proc/cpuinfo`).
     pub cpu: String,
@@ -25,6 +25,9 @@ pub struct Machine {
     pub os: String,
     /// Virtualised, and by what (from the CPU flags and `/sys/class/dmi`), if known.
     pub hypervisor: Option<String>,
+    /// Share of the CPUs busy during the second before the start: other work on the machine
+    /// skews the figures.
+    pub busy: Option<f64>,
 }
 
 /// How long the disk takes to make a small write durable.
@@ -69,7 +72,7 @@ impl Machine {
                 .ok()
                 .map(|s| s.trim().to_owned())
                 .filter(|s| !s.is_empty())
-                .unwrap_or_else(|| "a hypervisor".to_owned())
+                .unwrap_or_else(|| "hypervisor unknown".to_owned())
         });
         let mut cpu = cpu_model(&cpuinfo).unwrap_or_else(|| "unknown CPU".to_owned());
         if let (Some(family), Some(model)) = (
@@ -85,6 +88,7 @@ impl Machine {
             kernel,
             os: os_name(&os_release).unwrap_or_else(|| "unknown OS".to_owned()),
             hypervisor: hv,
+            busy: cpu_busy(Duration::from_secs(1)),
         }
     }
 
@@ -101,8 +105,37 @@ impl Machine {
         if let Some(hv) = &self.hypervisor {
             s.push_str(&format!(", virtual machine ({hv})"));
         }
+        if let Some(busy) = self.busy {
+            s.push_str(&format!(
+                "; CPUs {:.0}% busy in the second before the start",
+                busy * 100.0
+            ));
+        }
         s
     }
+}
+
+/// Share of the CPUs busy over `sample`, from `/proc/stat`.
+fn cpu_busy(sample: Duration) -> Option<f64> {
+    let before = cpu_times(&fs::read_to_string("/proc/stat").ok()?)?;
+    std::thread::sleep(sample);
+    let after = cpu_times(&fs::read_to_string("/proc/stat").ok()?)?;
+    let total = after.1.checked_sub(before.1)?;
+    let idle = after.0.checked_sub(before.0)?;
+    (total > 0).then(|| 1.0 - idle as f64 / total as f64)
+}
+
+/// (idle, total) jiffies of all CPUs from `/proc/stat` text; idle includes I/O wait.
+fn cpu_times(stat: &str) -> Option<(u64, u64)> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    let idle = v.get(3)? + v.get(4)?;
+    Some((idle, v.iter().sum()))
 }
 
 /// The first `model name` of `/proc/cpuinfo`.
@@ -240,11 +273,17 @@ mod tests {
             kernel: "6.1.0".into(),
             os: "Debian".into(),
             hypervisor: Some("QEMU".into()),
+            busy: Some(0.031),
         };
         assert_eq!(
             m.summary(),
-            "X, 2 cores, 2.0 GiB RAM, Linux 6.1.0, Debian, virtual machine (QEMU)"
+            "X, 2 cores, 2.0 GiB RAM, Linux 6.1.0, Debian, virtual machine (QEMU); CPUs 3% busy in the second before the start"
         );
+        assert_eq!(
+            cpu_times("cpu  10 0 5 80 5 0 0 0 0 0\ncpu0 1 2 3 4 5 6 7 8\n"),
+            Some((85, 100))
+        );
+        assert_eq!(cpu_times("nothing"), None);
     }
 
     #[test]

@@ -266,7 +266,13 @@ fn run_meshd(opts: &RaftOptions, progress: &dyn Fn(&str)) -> Result<Figures, Ben
         MESHD_HOSTS - VOTERS
     ));
     let c = MeshdCluster::start(MESHD_HOSTS, VOTERS, SETUP_TIMEOUT)?;
-    let version = c.version()?;
+    let mut version = c.version()?;
+    if let Some(rev) = std::env::var("MESH_BENCH_REVISION")
+        .ok()
+        .filter(|r| !r.trim().is_empty())
+    {
+        version.push_str(&format!(" ({})", rev.trim()));
+    }
     let info = c.info(1)?;
     let store = mesh_store::StoreConfig::default();
     let settings = format!(
