@@ -6,12 +6,13 @@
 //! as well and [`run`] undoes it from the signal thread.
 
 use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::{Duration, Instant};
 
 use mesh_testkit::Lab;
 use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
-#[derive(Default)]
 struct Registry {
     labs: Vec<Weak<Lab>>,
     pids: Vec<u32>,
@@ -50,9 +51,21 @@ pub fn run() {
         let mut r = registry();
         (std::mem::take(&mut r.pids), std::mem::take(&mut r.labs))
     };
-    for pid in pids {
-        if let Ok(raw) = i32::try_from(pid) {
-            let _ = kill(Pid::from_raw(raw), Signal::SIGKILL);
+    let pids: Vec<Pid> = pids
+        .into_iter()
+        .filter_map(|p| i32::try_from(p).ok().map(Pid::from_raw))
+        .collect();
+    for pid in &pids {
+        let _ = kill(*pid, Signal::SIGKILL);
+    }
+    // Reap them (they are this process's children), so none is left as a zombie; bounded.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    for pid in &pids {
+        while Instant::now() < deadline {
+            match waitpid(*pid, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(5)),
+                _ => break,
+            }
         }
     }
     for lab in labs.iter().filter_map(Weak::upgrade) {

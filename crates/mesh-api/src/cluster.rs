@@ -7,7 +7,7 @@ use crate::error::ValidationError;
 /// Default interval between a node's heartbeats.
 pub const DEFAULT_HEARTBEAT_PERIOD_MS: u64 = 500;
 /// Default silence after which a node is marked down.
-pub const DEFAULT_NODE_DOWN_AFTER_MS: u64 = 2_000;
+pub const DEFAULT_NODE_DOWN_AFTER_MS: u64 = 1_500;
 /// Default validity of node certificates (90 days, like Swarm).
 pub const DEFAULT_NODE_CERT_EXPIRY_MS: u64 = 90 * 24 * 3600 * 1000;
 

@@ -20,6 +20,9 @@ pub async fn run(daemon: Arc<Daemon>, active: Arc<Active>) {
     let mut period = Duration::from_millis(mesh_api::cluster::DEFAULT_HEARTBEAT_PERIOD_MS);
     let mut leader_hint: Option<String> = None;
     loop {
+        // Heartbeats start every period (not a period after the last one ended), so a
+        // slow answer does not stretch the gap the leader sees.
+        let started = tokio::time::Instant::now();
         match heartbeat(&daemon, &active, &mut leader_hint, period).await {
             Ok(resp) => {
                 period = Duration::from_millis(resp.heartbeat_period_ms.clamp(50, 60_000));
@@ -36,7 +39,7 @@ pub async fn run(daemon: Arc<Daemon>, active: Arc<Active>) {
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(period) => {}
+            _ = tokio::time::sleep_until(started + period) => {}
             _ = stop.changed() => break,
         }
         if *stop.borrow() {

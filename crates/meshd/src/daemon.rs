@@ -322,7 +322,7 @@ impl Daemon {
                 cluster_id: st.cluster_id.clone(),
                 raft_id: st.raft_id,
                 control_addr,
-                tick: Duration::from_millis(200),
+                tick: Duration::from_millis(100),
             },
         );
         let h = m.spawn();
