@@ -140,13 +140,13 @@ pub(crate) fn client_config(
 ) -> Result<quinn::ClientConfig, TransportError> {
     let provider = provider();
     let algorithms = provider.signature_verification_algorithms;
-    let verifier: Arc<dyn ServerCertVerifier> = match trust {
-        Trust::Ca(ca) => Arc::new(ChainOnlyVerifier {
-            roots: roots(ca)?,
-            algorithms,
-        }),
-        Trust::Anything => Arc::new(AnyServerVerifier { algorithms }),
-    };
+    let verifier: Arc<dyn ServerCertVerifier> = Arc::new(ServerVerifier {
+        roots: match trust {
+            Trust::Ca(ca) => Some(roots(ca)?),
+            Trust::Anything => None,
+        },
+        algorithms,
+    });
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls_err)?
@@ -193,15 +193,18 @@ pub(crate) fn endpoint_config(
     Ok(config)
 }
 
-/// Verifies that the server certificate chains to the cluster CA (and is currently valid);
-/// the server name is not checked.
+/// Checks the server certificate the way the caller asked: with `roots`, it must chain to
+/// the cluster CA and be currently valid (the server name is not checked: node
+/// certificates name node IDs); without, any certificate is accepted — only for fetching
+/// the CA certificate before it can be pinned. The handshake signature is always checked
+/// against the presented key.
 #[derive(Debug)]
-struct ChainOnlyVerifier {
-    roots: Arc<RootCertStore>,
+struct ServerVerifier {
+    roots: Option<Arc<RootCertStore>>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
-impl ServerCertVerifier for ChainOnlyVerifier {
+impl ServerCertVerifier for ServerVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -210,56 +213,16 @@ impl ServerCertVerifier for ChainOnlyVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let cert = ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            now,
-            self.algorithms.all,
-        )?;
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
-/// Accepts any server certificate (the handshake signature is still checked against the
-/// presented key). Only for fetching the CA certificate before it can be pinned.
-#[derive(Debug)]
-struct AnyServerVerifier {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for AnyServerVerifier {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
+        if let Some(roots) = &self.roots {
+            let cert = ParsedCertificate::try_from(end_entity)?;
+            rustls::client::verify_server_cert_signed_by_trust_anchor(
+                &cert,
+                roots,
+                intermediates,
+                now,
+                self.algorithms.all,
+            )?;
+        }
         Ok(ServerCertVerified::assertion())
     }
 
