@@ -198,17 +198,10 @@ impl Manager {
         &self.cfg.node_id
     }
 
-    /// Writes a command and turns a refusal into an error. Returns once the change is
-    /// also applied locally (read-your-writes on followers), or after a short bound.
+    /// Writes a command and turns a refusal into an error. The store returns once the
+    /// change is applied locally too, so a follower reads its own write.
     pub async fn write(&self, cmd: Command) -> Result<crate::state::Applied, ManagerError> {
-        let applied = self.store.write(cmd).await??;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-        while self.store.status().last_applied.unwrap_or(0) < applied.index
-            && tokio::time::Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        Ok(applied)
+        Ok(self.store.write(cmd).await??)
     }
 
     fn is_leader(&self) -> bool {
@@ -781,80 +774,75 @@ impl Manager {
         let mut nodes: Vec<Node> = self
             .store
             .read(|s| s.nodes_sorted().into_iter().cloned().collect());
-        let mut probes = Vec::new();
-        for (i, n) in nodes.iter().enumerate() {
-            let member = n.raft_id != 0
-                && (status.voters.contains_key(&n.raft_id)
-                    || status.learners.contains_key(&n.raft_id));
-            if !member {
-                continue;
-            }
-            if probe
-                && n.id != self.cfg.node_id
-                && let Ok(addr) = n.control_addr.parse::<SocketAddr>()
-            {
-                let t = Arc::clone(&self.transport);
-                probes.push((i, async move {
-                    t.call(addr, rpc::PING, Vec::new(), Duration::from_millis(700))
-                        .await
-                        .is_ok()
-                }));
-            }
-        }
-        let results =
-            futures::future::join_all(probes.into_iter().map(|(i, f)| async move { (i, f.await) }))
-                .await;
         for n in nodes.iter_mut() {
-            let member = n.raft_id != 0
-                && (status.voters.contains_key(&n.raft_id)
-                    || status.learners.contains_key(&n.raft_id));
-            if !member {
-                n.manager_status = None;
-                continue;
-            }
-            let reachable = if n.id == self.cfg.node_id {
-                true
-            } else {
-                n.status.state == NodeState::Ready
-            };
-            n.manager_status = Some(ManagerStatus {
-                leader: status.leader_id == Some(n.raft_id),
-                reachability: if reachable {
-                    Reachability::Reachable
-                } else {
-                    Reachability::Unreachable
-                },
-                addr: n.control_addr.clone(),
-            });
+            self.fill_manager_status(n, &status);
         }
-        for (i, ok) in results {
-            if let Some(ms) = nodes.get_mut(i).and_then(|n| n.manager_status.as_mut()) {
-                ms.reachability = if ok {
-                    Reachability::Reachable
-                } else {
-                    Reachability::Unreachable
-                };
-                if !ok {
-                    ms.leader = false;
+        if probe {
+            let probes = nodes.iter().enumerate().filter_map(|(i, n)| {
+                let addr = n.control_addr.parse::<SocketAddr>().ok()?;
+                (n.manager_status.is_some() && n.id != self.cfg.node_id).then(|| {
+                    let t = Arc::clone(&self.transport);
+                    async move {
+                        let ok = t
+                            .call(addr, rpc::PING, Vec::new(), Duration::from_millis(700))
+                            .await
+                            .is_ok();
+                        (i, ok)
+                    }
+                })
+            });
+            for (i, ok) in futures::future::join_all(probes).await {
+                if let Some(ms) = nodes.get_mut(i).and_then(|n| n.manager_status.as_mut()) {
+                    ms.reachability = if ok {
+                        Reachability::Reachable
+                    } else {
+                        Reachability::Unreachable
+                    };
+                    ms.leader &= ok;
                 }
             }
         }
         nodes
     }
 
+    /// Sets `n.manager_status` from the Raft membership: present for voters and
+    /// learners, reachability from the node's state (this manager is always reachable).
+    fn fill_manager_status(&self, n: &mut Node, status: &mesh_store::RaftStatus) {
+        let member = n.raft_id != 0
+            && (status.voters.contains_key(&n.raft_id) || status.learners.contains_key(&n.raft_id));
+        n.manager_status = member.then(|| ManagerStatus {
+            leader: status.leader_id == Some(n.raft_id),
+            reachability: if n.id == self.cfg.node_id || n.status.state == NodeState::Ready {
+                Reachability::Reachable
+            } else {
+                Reachability::Unreachable
+            },
+            addr: n.control_addr.clone(),
+        });
+    }
+
     /// One node by ID, ID prefix or hostname.
     pub async fn get_node(&self, reference: &str) -> Result<Node, ManagerError> {
-        let nodes = self.list_nodes(false).await;
-        let node = if reference == "self" {
-            nodes.iter().find(|n| n.id == self.cfg.node_id)
-        } else {
-            Some(
-                resolve_node(nodes.iter(), reference)
-                    .map_err(|e| ManagerError::NotFound(e.to_string()))?,
-            )
-        };
-        node.cloned()
-            .ok_or_else(|| ManagerError::NotFound(format!("no such node: {reference}")))
+        let mut node = self.resolve(reference)?;
+        self.fill_manager_status(&mut node, &self.store.status());
+        Ok(node)
+    }
+
+    /// The stored node a user means by `reference` (ID, ID prefix, hostname or `self`),
+    /// without manager status: what updates and removals work from.
+    fn resolve(&self, reference: &str) -> Result<Node, ManagerError> {
+        self.store.read(|s| {
+            if reference == "self" {
+                return s
+                    .nodes
+                    .get(&self.cfg.node_id)
+                    .cloned()
+                    .ok_or_else(|| ManagerError::NotFound(format!("no such node: {reference}")));
+            }
+            resolve_node(s.nodes.values(), reference)
+                .cloned()
+                .map_err(|e| ManagerError::NotFound(e.to_string()))
+        })
     }
 
     /// `swarm node update|promote|demote`. Validated here first (so bad input never
@@ -864,23 +852,21 @@ impl Manager {
         reference: &str,
         upd: &NodeUpdate,
     ) -> Result<Node, ManagerError> {
-        let node = self.get_node(reference).await?;
-        let spec = upd.apply(&node.spec)?;
-        if spec == node.spec {
-            return Ok(node);
+        let node = self.resolve(reference)?;
+        if upd.apply(&node.spec)? != node.spec {
+            self.write(Command::UpdateNode {
+                id: node.id.clone(),
+                update: upd.clone(),
+                now: now_ms(),
+            })
+            .await?;
         }
-        self.write(Command::UpdateNode {
-            id: node.id.clone(),
-            update: upd.clone(),
-            now: now_ms(),
-        })
-        .await?;
         self.get_node(&node.id).await
     }
 
     /// `swarm node rm`.
     pub async fn remove_node(&self, reference: &str, force: bool) -> Result<(), ManagerError> {
-        let node = self.get_node(reference).await?;
+        let node = self.resolve(reference)?;
         if node.id == self.cfg.node_id {
             return Err(mesh_api::ValidationError::new(
                 "NODE",

@@ -220,8 +220,6 @@ pub type Output = Result<Applied, Rejected>;
 /// What an applied command changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Applied {
-    /// Raft log index of the command.
-    pub index: u64,
     /// IDs of nodes created, changed or removed.
     pub nodes: Vec<String>,
     /// Whether the cluster object changed.
@@ -344,7 +342,6 @@ impl ClusterState {
                 self.cluster = Some(cluster);
                 self.nodes.insert(id.clone(), node);
                 Ok(Applied {
-                    index,
                     nodes: vec![id],
                     cluster: true,
                     object: None,
@@ -361,7 +358,6 @@ impl ClusterState {
                 cluster.version = index;
                 cluster.updated_at = now;
                 Ok(Applied {
-                    index,
                     nodes: vec![],
                     cluster: true,
                     object: None,
@@ -393,7 +389,6 @@ impl ClusterState {
                 let id = node.id.clone();
                 self.nodes.insert(id.clone(), node);
                 Ok(Applied {
-                    index,
                     nodes: vec![id],
                     cluster: false,
                     object: None,
@@ -466,7 +461,6 @@ impl ClusterState {
                 node.version = index;
                 node.updated_at = now;
                 Ok(Applied {
-                    index,
                     nodes: vec![id],
                     cluster: false,
                     object: None,
@@ -486,7 +480,6 @@ impl ClusterState {
                     }
                 }
                 Ok(Applied {
-                    index,
                     nodes: changed,
                     cluster: false,
                     object: None,
@@ -509,7 +502,6 @@ impl ClusterState {
                 node.version = index;
                 node.updated_at = now;
                 Ok(Applied {
-                    index,
                     nodes: vec![report.id],
                     cluster: false,
                     object: None,
@@ -549,7 +541,6 @@ impl ClusterState {
                     self.network_version += 1;
                 }
                 Ok(Applied {
-                    index,
                     nodes: vec![id],
                     cluster: false,
                     object: None,
@@ -621,7 +612,6 @@ impl ClusterState {
                 );
                 self.network_version += 1;
                 Ok(Applied {
-                    index,
                     object: Some(id),
                     ..Default::default()
                 })
@@ -653,7 +643,6 @@ impl ClusterState {
                 }
                 self.network_version += 1;
                 Ok(Applied {
-                    index,
                     object: Some(id),
                     ..Default::default()
                 })
@@ -690,7 +679,6 @@ impl ClusterState {
                         && same_holder(&e.owner, &owner)
                 }) {
                     return Ok(Applied {
-                        index,
                         object: Some(existing.id.clone()),
                         ..Default::default()
                     });
@@ -763,7 +751,6 @@ impl ClusterState {
                 );
                 self.network_version += 1;
                 Ok(Applied {
-                    index,
                     object: Some(id),
                     ..Default::default()
                 })
@@ -774,7 +761,6 @@ impl ClusterState {
                 }
                 self.network_version += 1;
                 Ok(Applied {
-                    index,
                     object: Some(id),
                     ..Default::default()
                 })
@@ -789,7 +775,6 @@ impl ClusterState {
                     self.network_version += 1;
                 }
                 Ok(Applied {
-                    index,
                     nodes: vec![node_id],
                     ..Default::default()
                 })
@@ -812,7 +797,6 @@ impl ClusterState {
                     changed.push(id.clone());
                 }
                 Ok(Applied {
-                    index,
                     nodes: changed,
                     cluster: false,
                     object: None,
@@ -827,10 +811,7 @@ impl mesh_store::StateMachine for ClusterState {
     type Output = Output;
 
     fn apply(&mut self, index: u64, cmd: Command) -> Output {
-        ClusterState::apply(self, index, cmd).map(|mut a| {
-            a.index = index;
-            a
-        })
+        ClusterState::apply(self, index, cmd)
     }
 }
 
