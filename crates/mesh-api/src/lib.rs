@@ -5,10 +5,13 @@
 
 pub mod api;
 pub mod cluster;
+pub mod constraint;
 pub mod error;
 pub mod ids;
 pub mod network;
 pub mod node;
+pub mod service;
+pub mod task;
 
 pub use cluster::{Cluster, ClusterSpec, DispatcherConfig, JoinTokens, RootCa};
 pub use error::ValidationError;
@@ -21,3 +24,10 @@ pub use node::{
     Availability, ManagerStatus, Node, NodeDescription, NodeRole, NodeSpec, NodeState, NodeStatus,
     Reachability,
 };
+pub use service::{
+    ContainerSpec, EndpointMode, EndpointSpec, FailureAction, HealthConfig, Mount, MountType,
+    NetworkAttachmentConfig, Placement, PortConfig, Protocol, PublishMode, ResourceAmounts,
+    Resources, RestartCondition, RestartPolicy, Service, ServiceMode, ServiceSpec, ServiceUpdate,
+    ServiceView, TaskSpec, UpdateConfig, UpdateOrder, UpdateState, UpdateStatus, VirtualIp,
+};
+pub use task::{Health, Task, TaskAttachment, TaskState, TaskStatus, TaskStatusUpdate};
