@@ -46,6 +46,28 @@ pub mod routes {
     pub const NETWORK_CONNECT: &str = "/v1/networks/{network}/connect";
     /// `POST` `DisconnectRequest` → `{}` (any node).
     pub const NETWORK_DISCONNECT: &str = "/v1/networks/{network}/disconnect";
+    /// `GET` → `Vec<ServiceView>`; `POST` `ServiceSpec` → `Service`.
+    pub const SERVICES: &str = "/v1/services";
+    /// `GET` → `ServiceView`; `DELETE` → `{}`.
+    pub const SERVICE: &str = "/v1/services/{service}";
+    /// `POST` `ServiceUpdate` → `Service`.
+    pub const SERVICE_UPDATE: &str = "/v1/services/{service}/update";
+    /// `GET` with [`super::TaskQuery`] → `Vec<Task>` (`service ps`, `container ls`).
+    pub const TASKS: &str = "/v1/tasks";
+    /// `GET` → `Task`.
+    pub const TASK: &str = "/v1/tasks/{task}";
+    /// `GET` with [`super::LogsQuery`] → [`super::LogChunk`].
+    pub const TASK_LOGS: &str = "/v1/tasks/{task}/logs";
+    /// `POST` [`super::RunRequest`] → `Task` (`swarm run`, on the node that is asked).
+    pub const CONTAINERS: &str = "/v1/containers";
+    /// `DELETE` with `?force=true|false` → `{}`.
+    pub const CONTAINER: &str = "/v1/containers/{container}";
+    /// `GET` → `Vec<ImageSummary>` of this node.
+    pub const IMAGES: &str = "/v1/images";
+    /// `POST` [`super::ImageLoadRequest`] → `Vec<ImageSummary>` (into this node's store).
+    pub const IMAGES_LOAD: &str = "/v1/images/load";
+    /// `DELETE` with `?force=true|false` → `{}`.
+    pub const IMAGE: &str = "/v1/images/{image}";
 }
 
 /// Builds a concrete path from a route template by replacing `{name}` with `value`.
@@ -330,4 +352,76 @@ mod tests {
         assert_eq!(e.kind, ErrorKind::InvalidArgument);
         assert!(e.message.contains("--x"));
     }
+}
+
+/// Filters of `GET /v1/tasks`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct TaskQuery {
+    /// Only tasks of this service (ID, name or ID prefix).
+    #[serde(default)]
+    pub service: Option<String>,
+    /// Only tasks on this node (ID, hostname or ID prefix).
+    #[serde(default)]
+    pub node: Option<String>,
+    /// Only standalone containers.
+    #[serde(default)]
+    pub containers: bool,
+    /// Only tasks whose desired state is running (`--filter desired-state=running`).
+    #[serde(default)]
+    pub running: bool,
+}
+
+/// Query of `GET /v1/tasks/{task}/logs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct LogsQuery {
+    /// Byte offset to read from (0: the beginning).
+    #[serde(default)]
+    pub offset: u64,
+    /// Only the last `tail` lines (when `offset` is 0).
+    #[serde(default)]
+    pub tail: Option<u64>,
+}
+
+/// A piece of a task's output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct LogChunk {
+    /// Output, stdout and stderr merged in order (lossy UTF-8).
+    pub data: String,
+    /// Offset to ask for next.
+    pub next_offset: u64,
+    /// Whether the task has ended: no more output will come.
+    pub finished: bool,
+}
+
+/// `swarm run`: a standalone container on the node that is asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct RunRequest {
+    /// `--name`; generated when absent.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// What to run; `networks` must be attachable.
+    pub spec: crate::service::TaskSpec,
+}
+
+/// `swarm image load -i FILE`: a path on the daemon's host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ImageLoadRequest {
+    /// Absolute path of an OCI image layout tarball or a `docker save` tarball.
+    pub path: String,
+}
+
+/// An image in a node's store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct ImageSummary {
+    /// `sha256:…` of its config.
+    #[serde(rename = "ID")]
+    pub id: String,
+    /// `name:tag` references.
+    pub repo_tags: Vec<String>,
+    /// Unpacked size in bytes.
+    pub size: u64,
+    /// Creation time from the image config (RFC 3339), if any.
+    #[serde(default)]
+    pub created: String,
 }

@@ -87,6 +87,13 @@ pub enum EndpointOwner {
         #[serde(default)]
         ifname: String,
     },
+    /// A task (or standalone container) of the node; its namespace is the node's business.
+    Task {
+        /// Task ID.
+        task_id: String,
+        /// Interface name inside the task (`eth0`, `eth1`, …).
+        ifname: String,
+    },
     /// A standard WireGuard peer outside the cluster, reached through one node.
     External {
         /// Its WireGuard public key (base64).

@@ -11,9 +11,11 @@ pub mod dispatcher;
 pub mod error;
 pub mod ipam;
 pub mod manager;
+pub mod orchestration;
 pub mod roles;
 pub mod rpc;
 pub mod state;
+pub mod tasks;
 
 pub use error::ManagerError;
 pub use manager::{Manager, ManagerConfig};

@@ -27,6 +27,9 @@ use crate::roles::{RoleAction, next_action};
 use crate::rpc::{self, Heartbeat, HeartbeatResponse, JoinRequest, JoinResponse, RenewRequest};
 use crate::state::{ClusterState, Command, NodeReport, StatusUpdate};
 
+mod services;
+pub use services::{resolve_task, service_view};
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -243,6 +246,8 @@ impl Manager {
     pub fn spawn(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let me = Arc::clone(self);
         let mut stop = self.stop.subscribe();
+        let orch = Arc::clone(self);
+        tokio::spawn(async move { orch.orchestrate_loop().await });
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(me.cfg.tick);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -355,6 +360,8 @@ impl Manager {
             rpc::NETWORK_MAP => self.rpc_network_map(&peer),
             rpc::ATTACH => self.rpc_attach(&peer, &body).await,
             rpc::DETACH => self.rpc_detach(&peer, &body).await,
+            rpc::ASSIGNMENTS => self.rpc_assignments(&peer, &body).await,
+            rpc::TASK_STATUS => self.rpc_task_status(&peer, &body).await,
             rpc::RAFT => match self.authorize(&peer, true) {
                 Ok(_) => Ok(self.store.handle_rpc(body).await),
                 Err(e) => Err(e),

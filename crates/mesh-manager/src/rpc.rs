@@ -12,7 +12,9 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use mesh_api::{Endpoint, EndpointOwner, Network, NodeDescription, NodeRole};
+use mesh_api::{
+    Endpoint, EndpointOwner, Network, NodeDescription, NodeRole, Service, Task, TaskStatusUpdate,
+};
 use serde::{Deserialize, Serialize};
 
 /// Root CA request (anonymous).
@@ -35,6 +37,12 @@ pub const NETWORK_MAP: &str = "network_map";
 pub const ATTACH: &str = "attach";
 /// Remove an endpoint of the calling node.
 pub const DETACH: &str = "detach";
+/// The tasks assigned to the calling node (long-poll: answers when they change).
+pub const ASSIGNMENTS: &str = "assignments";
+/// Task states observed by the calling node.
+pub const TASK_STATUS: &str = "task_status";
+/// Manager → node: a piece of a task's output (the node keeps the logs).
+pub const TASK_LOGS: &str = "task_logs";
 
 /// Error codes carried in `RemoteError::code`.
 pub mod codes {
@@ -212,4 +220,41 @@ pub struct DetachRequest {
     pub netns: Option<String>,
     /// Or its ID.
     pub endpoint: Option<String>,
+}
+
+/// `assignments` request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AssignmentsRequest {
+    /// The version the node has; the answer waits until it differs (or `wait_ms` passes).
+    pub known: Option<(u64, u64)>,
+    /// How long to wait for a change, ms (capped by the manager).
+    pub wait_ms: u64,
+}
+
+/// `assignments` answer: everything the node must run or clean up.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct AssignmentsResponse {
+    /// Version of this set.
+    pub version: (u64, u64),
+    /// Every task assigned to the node that the store still holds.
+    pub tasks: Vec<Task>,
+    /// The services of those tasks (for names and VIPs).
+    #[serde(default)]
+    pub services: Vec<Service>,
+}
+
+/// `task_status` request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskStatusRequest {
+    /// The reports.
+    pub updates: Vec<TaskStatusUpdate>,
+}
+
+/// `task_logs` request (manager → node).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskLogsRequest {
+    /// Task ID.
+    pub task_id: String,
+    /// Where to read from.
+    pub query: mesh_api::api::LogsQuery,
 }

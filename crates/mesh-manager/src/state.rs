@@ -13,10 +13,11 @@ use mesh_api::network::DEFAULT_MTU;
 use mesh_api::node::NodeUpdate;
 use mesh_api::{
     Cluster, Endpoint, EndpointOwner, Network, NetworkSpec, Node, NodeDescription, NodeRole,
-    NodeSpec, NodeState,
+    NodeSpec, NodeState, Service, ServiceSpec, ServiceUpdate, Task, TaskStatusUpdate,
 };
 
 use crate::ipam;
+use crate::tasks::TaskPlan;
 use serde::{Deserialize, Serialize};
 
 /// Most managers a cluster may have (Raft gets slower, not safer, beyond this).
@@ -41,6 +42,12 @@ pub struct ClusterState {
     /// endpoints, keys, node addresses); nodes refetch their network map when it moves.
     #[serde(default)]
     pub network_version: u64,
+    /// Services by ID.
+    #[serde(default)]
+    pub services: BTreeMap<String, Service>,
+    /// Tasks by ID (service tasks and standalone containers).
+    #[serde(default)]
+    pub tasks: BTreeMap<String, Task>,
 }
 
 /// A change to a node's observed status.
@@ -184,6 +191,63 @@ pub enum Command {
         /// Network ID → base64 public key.
         keys: BTreeMap<String, String>,
     },
+    /// `swarm service create`: ports and VIPs are allocated at apply time.
+    CreateService {
+        /// New service ID.
+        id: String,
+        /// As requested (network names are resolved to IDs here).
+        spec: Box<ServiceSpec>,
+        /// Time of the change.
+        now: u64,
+    },
+    /// `swarm service update|scale|rollback` as a delta on the spec current at apply time.
+    UpdateService {
+        /// Service ID.
+        id: String,
+        /// The change.
+        update: Box<ServiceUpdate>,
+        /// Refuse if the service changed since this version was read.
+        expect_version: Option<u64>,
+        /// Time of the change.
+        now: u64,
+    },
+    /// `swarm service rm`: its tasks are told to go away.
+    RemoveService {
+        /// Service ID.
+        id: String,
+        /// Time of the change.
+        now: u64,
+    },
+    /// One pass of the orchestrator and scheduler.
+    ApplyPlan {
+        /// What to change.
+        plan: Box<TaskPlan>,
+        /// Time of the change.
+        now: u64,
+    },
+    /// Task states reported by the node that runs them.
+    UpdateTaskStatus {
+        /// Reporting node (from its certificate).
+        node_id: String,
+        /// The reports.
+        updates: Vec<TaskStatusUpdate>,
+    },
+    /// `swarm run`: a standalone container on one node.
+    CreateTask {
+        /// The task, with its node set.
+        task: Box<Task>,
+        /// Time of the change.
+        now: u64,
+    },
+    /// `swarm container rm` and friends: a new desired state for one task.
+    SetTaskDesired {
+        /// Task ID.
+        id: String,
+        /// Shutdown or Remove.
+        state: mesh_api::TaskState,
+        /// Time of the change.
+        now: u64,
+    },
     /// `swarm init --force-new-cluster`: every other manager becomes a worker, so the
     /// recovered cluster has exactly one manager until others are promoted again.
     ForceNewCluster {
@@ -238,6 +302,7 @@ fn same_holder(a: &EndpointOwner, b: &EndpointOwner) -> bool {
             EndpointOwner::External { public_key: k, .. },
             EndpointOwner::External { public_key: l, .. },
         ) => k == l,
+        (EndpointOwner::Task { task_id: a, .. }, EndpointOwner::Task { task_id: b, .. }) => a == b,
         _ => false,
     }
 }
@@ -308,6 +373,14 @@ impl ClusterState {
         match &e.owner {
             EndpointOwner::Netns { path, .. } => format!("{} on {host} (netns {path})", e.ip),
             EndpointOwner::External { .. } => format!("{} on {host} (WireGuard peer)", e.ip),
+            EndpointOwner::Task { task_id, .. } => {
+                let name = self
+                    .tasks
+                    .get(task_id)
+                    .map(|t| t.display_name())
+                    .unwrap_or_else(|| task_id.clone());
+                format!("{} on {host} (task {name})", e.ip)
+            }
         }
     }
 
@@ -533,6 +606,7 @@ impl ClusterState {
                         ),
                     );
                 }
+                self.orphan_tasks_of(index, &id, 0);
                 self.nodes.remove(&id);
                 self.removed_nodes.insert(id.clone());
                 let before = self.endpoints.len();
@@ -620,6 +694,22 @@ impl ClusterState {
                 let Some(net) = self.networks.get(&id) else {
                     return reject(RejectKind::NotFound, format!("no such network: {id}"));
                 };
+                let services: Vec<&str> = self
+                    .services
+                    .values()
+                    .filter(|s| s.spec.task_template.networks.iter().any(|n| n.target == id))
+                    .map(|s| s.spec.name.as_str())
+                    .collect();
+                if !services.is_empty() {
+                    return reject(
+                        RejectKind::FailedPrecondition,
+                        format!(
+                            "network {} is in use by service(s) {}; remove them first (`swarm service rm`)",
+                            net.spec.name,
+                            services.join(", ")
+                        ),
+                    );
+                }
                 let users: Vec<String> = self
                     .endpoints
                     .values()
@@ -776,6 +866,31 @@ impl ClusterState {
                 }
                 Ok(Applied {
                     nodes: vec![node_id],
+                    ..Default::default()
+                })
+            }
+            Command::CreateService { id, spec, now } => {
+                self.apply_create_service(index, id, *spec, now)
+            }
+            Command::UpdateService {
+                id,
+                update,
+                expect_version,
+                now,
+            } => self.apply_update_service(index, &id, &update, expect_version, now),
+            Command::RemoveService { id, now } => self.apply_remove_service(index, &id, now),
+            Command::ApplyPlan { plan, now } => self.apply_plan(index, *plan, now),
+            Command::UpdateTaskStatus { node_id, updates } => {
+                self.apply_task_status(index, &node_id, updates)
+            }
+            Command::CreateTask { task, now } => self.apply_create_task(index, *task, now),
+            Command::SetTaskDesired { id, state, now } => {
+                if !self.tasks.contains_key(&id) {
+                    return reject(RejectKind::NotFound, format!("no such task: {id}"));
+                }
+                self.set_desired(index, &id, state, now);
+                Ok(Applied {
+                    object: Some(id),
                     ..Default::default()
                 })
             }

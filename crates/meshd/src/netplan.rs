@@ -33,6 +33,7 @@ pub fn plan(
     map: &NetworkMap,
     keys: &BTreeMap<String, KeyPair>,
     netns_exists: impl Fn(&Path) -> bool,
+    task_netns: impl Fn(&str) -> PathBuf,
 ) -> Planned {
     let mut out = Planned::default();
     for a in &map.networks {
@@ -59,6 +60,19 @@ pub fn plan(
                         });
                     } else {
                         out.stale.push((net.id.clone(), e.id.clone()));
+                    }
+                }
+                // A task's namespace appears when the node prepares the task; until then (and
+                // after it is gone) its endpoint waits: the manager releases it when the task ends.
+                EndpointOwner::Task { task_id, ifname } => {
+                    let path = task_netns(task_id);
+                    if netns_exists(&path) {
+                        local.push(LocalEndpoint {
+                            id: e.id.clone(),
+                            ip: e.ip,
+                            netns: path,
+                            ifname: ifname.clone(),
+                        });
                     }
                 }
                 EndpointOwner::External {

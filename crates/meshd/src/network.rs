@@ -18,6 +18,7 @@ use crate::netplan;
 /// The overlay side of an active node.
 pub struct NetRuntime {
     node_id: String,
+    prefix: String,
     overlay: Mutex<Option<Overlay>>,
     keys: Mutex<BTreeMap<String, KeyPair>>,
     keys_path: PathBuf,
@@ -42,13 +43,15 @@ impl NetRuntime {
     ) -> anyhow::Result<Self> {
         let keys_path = data_dir.join("overlay-keys.json");
         let keys = load_keys(&keys_path)?;
+        let prefix = prefix.map_or_else(|| sandbox_prefix(node_id), str::to_string);
         let overlay = Overlay::start(OverlayConfig {
             data_port,
-            sandbox_prefix: prefix.map_or_else(|| sandbox_prefix(node_id), str::to_string),
+            sandbox_prefix: prefix.clone(),
         })
         .with_context(|| format!("starting the overlay on UDP port {data_port} (--data-port)"))?;
         Ok(Self {
             node_id: node_id.to_string(),
+            prefix,
             overlay: Mutex::new(Some(overlay)),
             keys: Mutex::new(keys),
             keys_path,
@@ -56,6 +59,12 @@ impl NetRuntime {
             background: std::sync::atomic::AtomicBool::new(false),
             sync_lock: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Name of the network namespace of task `task_id` on this node: the sandbox prefix, `t`,
+    /// and the task ID's first 12 characters (never `PREFIX-…`, which names sandboxes).
+    pub fn task_netns_name(&self, task_id: &str) -> String {
+        format!("{}t{}", self.prefix, task_id.get(..12).unwrap_or(task_id))
     }
 
     /// The map version last applied.
@@ -131,7 +140,9 @@ impl NetRuntime {
             if keys.len() != before {
                 save_keys(&self.keys_path, &keys)?;
             }
-            netplan::plan(&self.node_id, map, &keys, mesh_sandbox::netns_exists)
+            netplan::plan(&self.node_id, map, &keys, mesh_sandbox::netns_exists, |t| {
+                mesh_sandbox::netns_path(&self.task_netns_name(t))
+            })
         };
         self.apply_plan(&planned.plan)?;
         self.applied_version.store(map.version, Ordering::SeqCst);

@@ -1,0 +1,1 @@
+//! Node-local image store and OCI container runtime.

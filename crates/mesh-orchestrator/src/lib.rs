@@ -1,0 +1,1 @@
+//! Pure scheduler, orchestrator and rolling updater.
