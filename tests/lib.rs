@@ -244,3 +244,25 @@ pub fn pings(from: &str, ip: &str) -> bool {
 pub fn sandbox_prefix(lab: &Lab, i: usize) -> String {
     format!("{}-", lab.sandbox_prefix(i))
 }
+
+/// Path of the test image (an OCI layout tarball of busybox with an httpd that answers with
+/// the task's hostname), built once per test process by `scripts/build-test-image.sh`.
+pub fn test_image() -> String {
+    static IMAGE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    IMAGE
+        .get_or_init(|| {
+            let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .expect("workspace root")
+                .to_path_buf();
+            let out = root.join("target/images/meshd-test.tar");
+            let status = std::process::Command::new("bash")
+                .arg(root.join("scripts/build-test-image.sh"))
+                .arg(&out)
+                .status()
+                .expect("build-test-image.sh runs");
+            assert!(status.success(), "building the test image failed");
+            out.to_string_lossy().into_owned()
+        })
+        .clone()
+}

@@ -62,6 +62,8 @@ pub mod routes {
     pub const CONTAINERS: &str = "/v1/containers";
     /// `DELETE` with `?force=true|false` → `{}`.
     pub const CONTAINER: &str = "/v1/containers/{container}";
+    /// `POST` → `{}`: stop it (stop signal, grace period, SIGKILL), keep it.
+    pub const CONTAINER_STOP: &str = "/v1/containers/{container}/stop";
     /// `GET` → `Vec<ImageSummary>` of this node.
     pub const IMAGES: &str = "/v1/images";
     /// `POST` [`super::ImageLoadRequest`] → `Vec<ImageSummary>` (into this node's store).

@@ -24,6 +24,7 @@ pub use node::{
     Availability, ManagerStatus, Node, NodeDescription, NodeRole, NodeSpec, NodeState, NodeStatus,
     Reachability,
 };
+pub use service::DEFAULT_TASK_HISTORY;
 pub use service::{
     ContainerSpec, EndpointMode, EndpointSpec, FailureAction, HealthConfig, Mount, MountType,
     NetworkAttachmentConfig, Placement, PortConfig, Protocol, PublishMode, ResourceAmounts,

@@ -362,6 +362,8 @@ impl Manager {
             rpc::DETACH => self.rpc_detach(&peer, &body).await,
             rpc::ASSIGNMENTS => self.rpc_assignments(&peer, &body).await,
             rpc::TASK_STATUS => self.rpc_task_status(&peer, &body).await,
+            rpc::RUN => self.rpc_run(&peer, &body).await,
+            rpc::CONTAINER_DESIRED => self.rpc_container_desired(&peer, &body).await,
             rpc::RAFT => match self.authorize(&peer, true) {
                 Ok(_) => Ok(self.store.handle_rpc(body).await),
                 Err(e) => Err(e),

@@ -41,6 +41,10 @@ pub const DETACH: &str = "detach";
 pub const ASSIGNMENTS: &str = "assignments";
 /// Task states observed by the calling node.
 pub const TASK_STATUS: &str = "task_status";
+/// `swarm run` on a worker: a standalone container on the calling node.
+pub const RUN: &str = "run";
+/// `swarm container rm` on a worker: a new desired state for a container of the caller.
+pub const CONTAINER_DESIRED: &str = "container_desired";
 /// Manager → node: a piece of a task's output (the node keeps the logs).
 pub const TASK_LOGS: &str = "task_logs";
 
@@ -257,4 +261,13 @@ pub struct TaskLogsRequest {
     pub task_id: String,
     /// Where to read from.
     pub query: mesh_api::api::LogsQuery,
+}
+
+/// `container_desired` request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerDesiredRequest {
+    /// Container name or task ID (prefix).
+    pub reference: String,
+    /// Shutdown or Remove.
+    pub state: mesh_api::TaskState,
 }

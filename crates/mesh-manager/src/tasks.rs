@@ -13,87 +13,11 @@ use mesh_api::{
     ServiceUpdate, Task, TaskAttachment, TaskState, TaskStatus, TaskStatusUpdate, UpdateState,
     UpdateStatus, VirtualIp,
 };
-use serde::{Deserialize, Serialize};
 
 use crate::ipam;
 use crate::state::{Applied, ClusterState, Output, RejectKind, Rejected};
 
-/// One change the orchestrator wants made to an existing task.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum TaskChange {
-    /// Give an unassigned task to a node (its addresses are allocated now).
-    Assign {
-        /// Task ID.
-        task_id: String,
-        /// Node ID.
-        node_id: String,
-    },
-    /// The task waits for a node; `reason` is shown in `service ps`.
-    Pending {
-        /// Task ID.
-        task_id: String,
-        /// Why it is not placed.
-        reason: String,
-    },
-    /// A new desired state (only forward: running → shutdown → remove).
-    Desired {
-        /// Task ID.
-        task_id: String,
-        /// The state.
-        state: TaskState,
-    },
-    /// A state decided by the manager (e.g. orphaned: its node is gone).
-    Observed {
-        /// Task ID.
-        task_id: String,
-        /// The state.
-        state: TaskState,
-        /// Why.
-        message: String,
-    },
-}
-
-/// A change to a service decided by the orchestrator.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ServiceChange {
-    /// New update status.
-    UpdateStatus {
-        /// Service ID.
-        service_id: String,
-        /// The status.
-        status: Option<UpdateStatus>,
-    },
-    /// Roll back to the previous spec (automatic, after a failed update).
-    Rollback {
-        /// Service ID.
-        service_id: String,
-        /// Why.
-        message: String,
-    },
-}
-
-/// What the orchestrator decided in one pass, applied as one command.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TaskPlan {
-    /// New tasks.
-    pub create: Vec<Task>,
-    /// Changes to existing tasks.
-    pub tasks: Vec<TaskChange>,
-    /// Task IDs to delete.
-    pub remove: Vec<String>,
-    /// Changes to services.
-    pub services: Vec<ServiceChange>,
-}
-
-impl TaskPlan {
-    /// Whether there is nothing to do.
-    pub fn is_empty(&self) -> bool {
-        self.create.is_empty()
-            && self.tasks.is_empty()
-            && self.remove.is_empty()
-            && self.services.is_empty()
-    }
-}
+pub use mesh_orchestrator::{Plan as TaskPlan, ServiceChange, TaskChange};
 
 fn reject(kind: RejectKind, message: impl Into<String>) -> Output {
     Err(Rejected {
@@ -112,7 +36,7 @@ fn applied(object: Option<String>) -> Output {
 /// ID of the endpoint of task `task_id` on its `i`-th network (deterministic: every manager
 /// derives the same one).
 pub fn task_endpoint_id(task_id: &str, i: usize) -> String {
-    format!("{task_id}.{i}")
+    format!("{i}-{task_id}")
 }
 
 impl ClusterState {

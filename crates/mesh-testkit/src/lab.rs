@@ -880,6 +880,10 @@ impl Lab {
             .filter_map(|(i, c)| c.take().map(|c| (i + 1, c)))
             .collect();
         stop_all(children);
+        // Containers outlive meshd on purpose; the lab's go with it.
+        for i in 1..=self.hosts() {
+            remove_containers(&self.host(i).data_dir.join("runtime").join("runc"));
+        }
 
         for name in made.netns.iter().rev() {
             stale::kill_netns_processes(&cmd::netns_path(name));
@@ -899,6 +903,8 @@ impl Lab {
         if let Some(m) = made.marker.take() {
             let _ = fs::remove_file(m);
         }
+
+        unmount_below(&self.dir);
 
         let panicking = thread::panicking();
         let keep = panicking || self.keep.load(Ordering::SeqCst) || keep_env();
@@ -979,6 +985,48 @@ fn host_ip(i: usize) -> Ipv4Addr {
 }
 
 /// Names in /var/run/netns made for lab `id`: `ml<id>-…` and `ml<id>h…`.
+/// Deletes (killing first) every container of the runc state directory `root`.
+fn remove_containers(root: &Path) {
+    let Ok(entries) = fs::read_dir(root) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let id = e.file_name().to_string_lossy().into_owned();
+        let res = Command::new("runc")
+            .arg("--root")
+            .arg(root)
+            .args(["delete", "--force", &id])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if let Err(e) = res {
+            tracing::warn!(container = %id, error = %e, "could not run runc delete");
+        }
+    }
+}
+
+/// Unmounts (lazily, deepest first) everything mounted below `dir`: the containers' root
+/// filesystems and their bind mounts.
+fn unmount_below(dir: &Path) {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let prefix = dir.to_string_lossy().into_owned();
+    let mut points: Vec<String> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| p.replace("\\040", " "))
+        .filter(|p| p.starts_with(&prefix) && p.len() > prefix.len())
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    points.dedup();
+    for p in points {
+        if let Err(e) = nix::mount::umount2(Path::new(&p), nix::mount::MntFlags::MNT_DETACH) {
+            tracing::debug!(mount = %p, error = %e, "could not unmount");
+        }
+    }
+}
+
 fn lab_named_netns(id: &str) -> Vec<String> {
     let (a, b) = (format!("ml{id}-"), format!("ml{id}h"));
     fs::read_dir("/var/run/netns")

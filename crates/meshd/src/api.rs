@@ -10,8 +10,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use mesh_api::NodeRole;
 use mesh_api::api::{
-    ErrorBody, ErrorKind, InitRequest, JoinRequest, JoinTokenResponse, LeaveRequest,
-    NodeRemoveQuery, routes,
+    ErrorBody, ErrorKind, InitRequest, JoinRequest, JoinTokenResponse, LeaveRequest, LogsQuery,
+    NodeRemoveQuery, TaskQuery, routes,
 };
 use mesh_api::node::NodeUpdate;
 use serde::Serialize;
@@ -63,6 +63,18 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .route(routes::NETWORK, get(network_inspect).delete(network_rm))
         .route(routes::NETWORK_CONNECT, post(network_connect))
         .route(routes::NETWORK_DISCONNECT, post(network_disconnect))
+        .route(routes::SERVICES, get(service_ls).post(service_create))
+        .route(routes::SERVICE, get(service_inspect).delete(service_rm))
+        .route(routes::SERVICE_UPDATE, post(service_update))
+        .route(routes::TASKS, get(task_ls))
+        .route(routes::TASK, get(task_inspect))
+        .route(routes::TASK_LOGS, get(task_logs))
+        .route(routes::CONTAINERS, post(container_run))
+        .route(routes::CONTAINER, axum::routing::delete(container_rm))
+        .route(routes::CONTAINER_STOP, post(container_stop))
+        .route(routes::IMAGES, get(image_ls))
+        .route(routes::IMAGES_LOAD, post(image_load))
+        .route(routes::IMAGE, axum::routing::delete(image_rm))
         .fallback(not_found)
         .with_state(d)
 }
@@ -210,5 +222,102 @@ async fn network_disconnect(
     Json(req): Json<mesh_api::DisconnectRequest>,
 ) -> ApiResult<Empty> {
     d.disconnect(&network, req).await?;
+    Ok(Json(Empty {}))
+}
+
+async fn service_ls(State(d): State<Arc<Daemon>>) -> ApiResult<Vec<mesh_api::ServiceView>> {
+    Ok(Json(d.manager()?.list_services()))
+}
+
+async fn service_create(
+    State(d): State<Arc<Daemon>>,
+    Json(spec): Json<mesh_api::ServiceSpec>,
+) -> ApiResult<mesh_api::Service> {
+    Ok(Json(d.manager()?.create_service(spec).await?))
+}
+
+async fn service_inspect(
+    State(d): State<Arc<Daemon>>,
+    Path(service): Path<String>,
+) -> ApiResult<mesh_api::ServiceView> {
+    Ok(Json(d.manager()?.get_service(&service)?))
+}
+
+async fn service_update(
+    State(d): State<Arc<Daemon>>,
+    Path(service): Path<String>,
+    Json(upd): Json<mesh_api::ServiceUpdate>,
+) -> ApiResult<mesh_api::Service> {
+    Ok(Json(d.manager()?.update_service(&service, upd).await?))
+}
+
+async fn service_rm(State(d): State<Arc<Daemon>>, Path(service): Path<String>) -> ApiResult<Empty> {
+    d.manager()?.remove_service(&service).await?;
+    Ok(Json(Empty {}))
+}
+
+async fn task_ls(
+    State(d): State<Arc<Daemon>>,
+    Query(q): Query<TaskQuery>,
+) -> ApiResult<Vec<mesh_api::Task>> {
+    Ok(Json(d.manager()?.list_tasks(&q)?))
+}
+
+async fn task_inspect(
+    State(d): State<Arc<Daemon>>,
+    Path(task): Path<String>,
+) -> ApiResult<mesh_api::Task> {
+    Ok(Json(d.manager()?.get_task(&task)?))
+}
+
+async fn task_logs(
+    State(d): State<Arc<Daemon>>,
+    Path(task): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> ApiResult<mesh_api::api::LogChunk> {
+    Ok(Json(d.task_logs(&task, q).await?))
+}
+
+async fn container_run(
+    State(d): State<Arc<Daemon>>,
+    Json(req): Json<mesh_api::api::RunRequest>,
+) -> ApiResult<mesh_api::Task> {
+    Ok(Json(d.run_container(req).await?))
+}
+
+async fn container_rm(
+    State(d): State<Arc<Daemon>>,
+    Path(container): Path<String>,
+    Query(q): Query<NodeRemoveQuery>,
+) -> ApiResult<Empty> {
+    d.remove_container(&container, q.force).await?;
+    Ok(Json(Empty {}))
+}
+
+async fn container_stop(
+    State(d): State<Arc<Daemon>>,
+    Path(container): Path<String>,
+) -> ApiResult<Empty> {
+    d.stop_container(&container).await?;
+    Ok(Json(Empty {}))
+}
+
+async fn image_ls(State(d): State<Arc<Daemon>>) -> ApiResult<Vec<mesh_api::api::ImageSummary>> {
+    Ok(Json(d.images().await?))
+}
+
+async fn image_load(
+    State(d): State<Arc<Daemon>>,
+    Json(req): Json<mesh_api::api::ImageLoadRequest>,
+) -> ApiResult<Vec<mesh_api::api::ImageSummary>> {
+    Ok(Json(d.load_image(&req.path).await?))
+}
+
+async fn image_rm(
+    State(d): State<Arc<Daemon>>,
+    Path(image): Path<String>,
+    Query(q): Query<NodeRemoveQuery>,
+) -> ApiResult<Empty> {
+    d.remove_image(&image, q.force).await?;
     Ok(Json(Empty {}))
 }

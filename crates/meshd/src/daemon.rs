@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::config::{Config, parse_advertise, parse_listen};
+use crate::engine::Engine;
 use crate::local::{DataDir, LocalState};
 use crate::network::NetRuntime;
 
@@ -35,6 +36,7 @@ type ManagerSlot = RwLock<Option<Arc<Manager>>>;
 /// Routes RPCs arriving over QUIC to the manager plane, if this node runs one.
 struct Router {
     slot: Arc<ManagerSlot>,
+    engine: Arc<Engine>,
 }
 
 impl Handler for Router {
@@ -45,7 +47,11 @@ impl Handler for Router {
         body: Vec<u8>,
     ) -> BoxFuture<'static, Result<Vec<u8>, RemoteError>> {
         let manager = self.slot.read().ok().and_then(|g| g.clone());
+        let engine = Arc::clone(&self.engine);
         Box::pin(async move {
+            if method == rpc::TASK_LOGS {
+                return task_logs_rpc(&engine, &peer, &body).await;
+            }
             match manager {
                 Some(m) => m.handle_rpc(peer, &method, body).await,
                 None if method == rpc::PING => Ok(b"\"pong\"".to_vec()),
@@ -56,6 +62,36 @@ impl Handler for Router {
             }
         })
     }
+}
+
+/// Answers a manager's request for a piece of a local task's output.
+async fn task_logs_rpc(engine: &Engine, peer: &Peer, body: &[u8]) -> Result<Vec<u8>, RemoteError> {
+    let invalid = |m: String| RemoteError {
+        code: codes::INVALID.into(),
+        message: m,
+    };
+    match peer {
+        Peer::Node {
+            role: NodeRole::Manager,
+            ..
+        } => {}
+        _ => {
+            return Err(RemoteError {
+                code: codes::PERMISSION_DENIED.into(),
+                message: "task logs are served to managers only".into(),
+            });
+        }
+    }
+    let req: mesh_manager::rpc::TaskLogsRequest =
+        serde_json::from_slice(body).map_err(|e| invalid(e.to_string()))?;
+    let chunk = engine
+        .read_logs(&req.task_id, req.query)
+        .await
+        .map_err(|e| RemoteError {
+            code: codes::NOT_FOUND.into(),
+            message: format!("{e:#}"),
+        })?;
+    serde_json::to_vec(&chunk).map_err(|e| invalid(e.to_string()))
 }
 
 /// Carries Raft traffic over the node transport.
@@ -143,6 +179,7 @@ pub struct Daemon {
     lifecycle: tokio::sync::Mutex<()>,
     active: RwLock<Option<Arc<Active>>>,
     last_error: Mutex<String>,
+    engine: Arc<Engine>,
 }
 
 fn identity(c: &NodeCredentials) -> Identity {
@@ -181,15 +218,20 @@ const WORKER_NODE: &str = "This node is not a swarm manager. Worker nodes can't 
 
 impl Daemon {
     /// A daemon with `cfg`; call [`Daemon::resume`] next.
-    pub fn new(cfg: Config) -> Arc<Self> {
+    pub fn new(cfg: Config) -> anyhow::Result<Arc<Self>> {
         let dir = DataDir::new(&cfg.data_dir);
-        Arc::new(Self {
+        let engine = Arc::new(
+            Engine::open(&cfg.data_dir.join("runtime"))
+                .context("opening the image store and container runtime")?,
+        );
+        Ok(Arc::new(Self {
             cfg,
             dir,
             lifecycle: tokio::sync::Mutex::new(()),
             active: RwLock::new(None),
             last_error: Mutex::new(String::new()),
-        })
+            engine,
+        }))
     }
 
     /// The configuration.
@@ -197,7 +239,12 @@ impl Daemon {
         &self.cfg
     }
 
-    fn active(&self) -> Option<Arc<Active>> {
+    /// The image store and container runtime.
+    pub(crate) fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    pub(crate) fn active(&self) -> Option<Arc<Active>> {
         self.active.read().ok().and_then(|g| g.clone())
     }
 
@@ -257,6 +304,7 @@ impl Daemon {
                 identity(&creds),
                 Arc::new(Router {
                     slot: Arc::clone(&slot),
+                    engine: Arc::clone(&self.engine),
                 }),
             )
             .with_context(|| format!("listening on {listen} (--listen-addr)"))?,
@@ -287,8 +335,14 @@ impl Daemon {
             *g = Some(Arc::clone(&active));
         }
         let handle = tokio::spawn(crate::agent::run(Arc::clone(self), Arc::clone(&active)));
+        let executor = crate::executor::Executor::start(
+            Arc::clone(&self.engine),
+            Arc::clone(&active),
+            self.cfg.hostname.clone(),
+        );
         if let Ok(mut t) = active.tasks.lock() {
             t.push(handle);
+            t.extend(executor);
         }
         Ok(active)
     }
@@ -715,6 +769,10 @@ impl Daemon {
         let active = self.active.write().ok().and_then(|mut g| g.take());
         let Some(active) = active else { return };
         let _ = active.stop.send(true);
+        if remove {
+            // Leaving the cluster: this node's containers go with it.
+            self.engine.destroy_all().await;
+        }
         let net = Arc::clone(&active.net);
         let _ = tokio::task::spawn_blocking(move || net.stop(remove)).await;
         self.stop_manager(&active, false).await;

@@ -4,10 +4,13 @@ mod agent;
 mod api;
 mod config;
 mod daemon;
+mod engine;
+mod executor;
 mod local;
 mod netplan;
 mod network;
 mod remote;
+mod workload;
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::ExitCode;
@@ -19,6 +22,13 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info};
 
 fn main() -> ExitCode {
+    // `meshd __shim …`: the supervisor of one container (see mesh-agent), not the daemon.
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "__shim") {
+        args.remove(1);
+        let code = mesh_agent::shim_main(args.split_off(1));
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -70,7 +80,7 @@ async fn run(cfg: config::Config) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
 
-    let d = daemon::Daemon::new(cfg.clone());
+    let d = daemon::Daemon::new(cfg.clone())?;
     d.resume().await.context("resuming from the data dir")?;
 
     match std::fs::remove_file(&cfg.socket) {

@@ -128,12 +128,65 @@ pub enum CliError {
         /// How many were attempted.
         total: usize,
     },
+    /// The container `swarm run` followed exited with a non-zero code, which becomes the
+    /// exit code of `swarm` (its output said why).
+    #[error("the container exited with code {code}")]
+    ContainerExit {
+        /// The container's exit code (1 to 255).
+        code: u8,
+    },
+    /// container {name} did not run: {reason}
+    #[error(
+        "container {name} did not run: {reason}; see `swarm container ls -a` and `swarm container logs {name}`"
+    )]
+    ContainerFailed {
+        /// The container's name.
+        name: String,
+        /// The error the node reported.
+        reason: String,
+    },
+    /// service {service} did not converge within {waited}: {progress}
+    #[error(
+        "service {service} did not converge within {waited}: {progress}; it goes on converging in the background, see `swarm service ps {service}`"
+    )]
+    NotConverged {
+        /// The service's name.
+        service: String,
+        /// How long swarm waited.
+        waited: String,
+        /// The last progress line.
+        progress: String,
+    },
+    /// the update of service {service} stopped: {reason}
+    #[error(
+        "the update of service {service} stopped: {reason}; see `swarm service ps {service}`, then `swarm service update {service}` again or `swarm service rollback {service}`"
+    )]
+    UpdateStopped {
+        /// The service's name.
+        service: String,
+        /// What the orchestrator said.
+        reason: String,
+    },
 }
 
 impl CliError {
     /// Whether the message was already printed (so `main` prints nothing more).
     pub fn already_reported(&self) -> bool {
-        matches!(self, CliError::SomeFailed { .. })
+        matches!(
+            self,
+            CliError::SomeFailed { .. } | CliError::ContainerExit { .. }
+        )
+    }
+
+    /// The exit code of `swarm` for this failure: the container's own for
+    /// [`CliError::ContainerExit`], 125 when a container did not run (docker's code for
+    /// "the container could not be run"), 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::ContainerExit { code } => *code,
+            CliError::ContainerFailed { .. } => EXIT_CONTAINER_FAILED,
+            _ => crate::EXIT_FAILURE,
+        }
     }
 
     /// Whether this is a closed stdout (`swarm node ls | head`), which is no failure.
@@ -141,6 +194,9 @@ impl CliError {
         matches!(self, CliError::Output(e) if e.kind() == io::ErrorKind::BrokenPipe)
     }
 }
+
+/// Exit code of `swarm run` when its container could not run at all (docker's 125).
+pub const EXIT_CONTAINER_FAILED: u8 = 125;
 
 /// Result of a CLI operation.
 pub type Result<T, E = CliError> = std::result::Result<T, E>;
@@ -189,6 +245,19 @@ mod tests {
             e.to_string(),
             "invalid --label-add: empty label key; write k=v"
         );
+    }
+
+    #[test]
+    fn exit_codes_follow_docker_run() {
+        assert_eq!(CliError::ContainerExit { code: 3 }.exit_code(), 3);
+        assert!(CliError::ContainerExit { code: 3 }.already_reported());
+        let e = CliError::ContainerFailed {
+            name: "job".into(),
+            reason: "no such image: x".into(),
+        };
+        assert_eq!(e.exit_code(), 125);
+        assert!(e.to_string().contains("swarm container logs job"), "{e}");
+        assert_eq!(CliError::NotInSwarm.exit_code(), 1);
     }
 
     #[test]

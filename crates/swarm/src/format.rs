@@ -1,6 +1,11 @@
 //! Pure formatting and parsing: the table writer, durations, timestamps, sizes and the
 //! human-readable blocks printed by `info`, `node ls`, `node inspect --pretty`,
-//! `network ls`, `network connect` and the join instructions. Nothing here does I/O.
+//! `network ls`, `network connect` and the join instructions; [`service`] holds those of
+//! services and tasks, [`container`] those of containers, images and logs. Nothing here
+//! does I/O: the current time is always handed in.
+
+pub mod container;
+pub mod service;
 
 use std::cmp::Ordering;
 use std::fmt::Write as _;
@@ -682,6 +687,157 @@ pub fn wg_peer_config(resp: &ConnectResponse) -> Option<String> {
     Some(out)
 }
 
+/// A span of time the way docker words it (`units.HumanDuration`): `Less than a second`,
+/// `1 second`, `5 seconds`, `About a minute`, `5 minutes`, `About an hour`, `5 hours`,
+/// `3 days`, `2 weeks`, `3 months`, `2 years`.
+pub fn human_duration(ms: u64) -> String {
+    let seconds = ms / 1_000;
+    let minutes = seconds / 60;
+    // Docker rounds hours to the nearest.
+    let hours = (ms + 1_800_000) / 3_600_000;
+    if seconds < 1 {
+        "Less than a second".to_string()
+    } else if seconds == 1 {
+        "1 second".to_string()
+    } else if seconds < 60 {
+        format!("{seconds} seconds")
+    } else if minutes == 1 {
+        "About a minute".to_string()
+    } else if minutes < 60 {
+        format!("{minutes} minutes")
+    } else if hours == 1 {
+        "About an hour".to_string()
+    } else if hours < 48 {
+        format!("{hours} hours")
+    } else if hours < 24 * 7 * 2 {
+        format!("{} days", hours / 24)
+    } else if hours < 24 * 30 * 2 {
+        format!("{} weeks", hours / 24 / 7)
+    } else if hours < 24 * 365 * 2 {
+        format!("{} months", hours / 24 / 30)
+    } else {
+        format!("{} years", ms / 3_600_000 / 24 / 365)
+    }
+}
+
+/// `5 seconds ago`, `less than a second ago`, `about a minute ago`: the time since `then`
+/// (Unix ms) in lower case, as `service ps` prints it. A time in the future reads as now.
+pub fn ago(now_ms: u64, then_ms: u64) -> String {
+    format!(
+        "{} ago",
+        human_duration(now_ms.saturating_sub(then_ms)).to_lowercase()
+    )
+}
+
+/// `s` cut to `max` characters, the last one replaced by `…` when it was cut (docker's
+/// `Ellipsis`).
+pub fn ellipsis(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+/// A byte count with decimal units and three significant digits, like `docker image ls`:
+/// `512B`, `1.23kB`, `7.8MB`, `142MB`.
+pub fn format_size_decimal(bytes: u64) -> String {
+    const UNITS: [&str; 7] = ["B", "kB", "MB", "GB", "TB", "PB", "EB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit + 1 < UNITS.len() {
+        value /= 1000.0;
+        unit += 1;
+    }
+    let mut text = significant(value, 3);
+    // 999.95 rounds up to 1000: carry into the next unit.
+    if text == "1000" && unit + 1 < UNITS.len() {
+        text = "1".to_string();
+        unit += 1;
+    }
+    format!("{text}{}", UNITS[unit])
+}
+
+/// Days since 1970-01-01 of a Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: u64, m: u64, d: u64) -> Option<u64> {
+    let y = if m <= 2 { y.checked_sub(1)? } else { y };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    (era * 146_097 + doe).checked_sub(719_468)
+}
+
+/// Parses an RFC 3339 time such as `2024-05-01T12:30:00Z`,
+/// `2024-05-01T12:30:00.123456789+02:00` into Unix milliseconds; `None` when it is not one
+/// (or is before 1970).
+pub fn parse_rfc3339_ms(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let num = |t: &str| -> Option<u64> {
+        if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        t.parse().ok()
+    };
+    let (date, rest) = s.split_at_checked(10)?;
+    let mut parts = date.split('-');
+    let (y, m, d) = (
+        num(parts.next()?)?,
+        num(parts.next()?)?,
+        num(parts.next()?)?,
+    );
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    let rest = rest.strip_prefix(['T', 't', ' '])?;
+    let (time, rest) = rest.split_at_checked(8)?;
+    let mut parts = time.split(':');
+    let (hh, mm, ss) = (
+        num(parts.next()?)?,
+        num(parts.next()?)?,
+        num(parts.next()?)?,
+    );
+    if hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    let (millis, zone) = match rest.strip_prefix('.') {
+        Some(frac) => {
+            let end = frac
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(frac.len());
+            let digits = &frac[..end];
+            if digits.is_empty() {
+                return None;
+            }
+            let ms = format!("{digits:0<3}");
+            (num(&ms[..3])?, &frac[end..])
+        }
+        None => (0, rest),
+    };
+    let offset_s: i64 = match zone {
+        "Z" | "z" => 0,
+        _ => {
+            let (sign, hm) = match zone.split_at_checked(1)? {
+                ("+", hm) => (1, hm),
+                ("-", hm) => (-1, hm),
+                _ => return None,
+            };
+            let (h, m) = hm.split_once(':')?;
+            if h.len() != 2 || m.len() != 2 {
+                return None;
+            }
+            let secs = i64::try_from(num(h)? * 3_600 + num(m)? * 60).ok()?;
+            sign * secs
+        }
+    };
+    let days = days_from_civil(y, m, d)?;
+    let local = i64::try_from(days * 86_400 + hh * 3_600 + mm * 60 + ss).ok()?;
+    let utc = u64::try_from(local - offset_s).ok()?;
+    Some(utc * 1_000 + millis)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1151,5 +1307,90 @@ nw10aaaaaaaa   net10     overlay   swarm
             to_json_pretty(&v).unwrap(),
             "[\n    {\n        \"ID\": \"a\"\n    }\n]"
         );
+    }
+
+    #[test]
+    fn human_durations_match_docker() {
+        for (ms, text) in [
+            (0, "Less than a second"),
+            (999, "Less than a second"),
+            (1_000, "1 second"),
+            (5_400, "5 seconds"),
+            (59_999, "59 seconds"),
+            (60_000, "About a minute"),
+            (119_999, "About a minute"),
+            (120_000, "2 minutes"),
+            (3_599_999, "59 minutes"),
+            (3_600_000, "About an hour"),
+            (5_399_999, "About an hour"),
+            (5_400_000, "2 hours"),
+            (47 * 3_600_000, "47 hours"),
+            (48 * 3_600_000, "2 days"),
+            (15 * 86_400_000, "2 weeks"),
+            (61 * 86_400_000, "2 months"),
+            (800 * 86_400_000, "2 years"),
+        ] {
+            assert_eq!(human_duration(ms), text, "{ms}");
+        }
+        assert_eq!(ago(10_000, 5_000), "5 seconds ago");
+        assert_eq!(ago(10_000, 9_500), "less than a second ago");
+        assert_eq!(ago(10_000, 20_000), "less than a second ago");
+        assert_eq!(ago(100_000, 10_000), "about a minute ago");
+    }
+
+    #[test]
+    fn ellipsis_cuts_with_a_marker() {
+        assert_eq!(ellipsis("short", 20), "short");
+        assert_eq!(ellipsis("exactly-ten", 11), "exactly-ten");
+        assert_eq!(ellipsis("sleep 1d && echo done", 10), "sleep 1d …");
+        assert_eq!(ellipsis("éééé", 3), "éé…");
+    }
+
+    #[test]
+    fn decimal_sizes_like_image_ls() {
+        assert_eq!(format_size_decimal(0), "0B");
+        assert_eq!(format_size_decimal(512), "512B");
+        assert_eq!(format_size_decimal(1_234), "1.23kB");
+        assert_eq!(format_size_decimal(7_800_000), "7.8MB");
+        assert_eq!(format_size_decimal(142_300_000), "142MB");
+        assert_eq!(format_size_decimal(999_999), "1MB");
+        assert_eq!(format_size_decimal(4_410_000_000), "4.41GB");
+    }
+
+    #[test]
+    fn rfc3339_times_parse() {
+        assert_eq!(parse_rfc3339_ms("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            parse_rfc3339_ms("2024-05-01T12:30:00.250Z"),
+            Some(1_714_566_600_250)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2024-05-01T14:30:00.250123456+02:00"),
+            Some(1_714_566_600_250)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2024-05-01T11:30:00-01:00"),
+            Some(1_714_566_600_000)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2000-02-29T00:00:00Z"),
+            Some(951_782_400_000)
+        );
+        for ms in [0, 951_782_400_000, 1_714_566_600_250] {
+            assert_eq!(parse_rfc3339_ms(&format_timestamp_ms(ms)), Some(ms));
+        }
+        for bad in [
+            "",
+            "yesterday",
+            "2024-05-01",
+            "2024-13-01T00:00:00Z",
+            "2024-05-01T25:00:00Z",
+            "2024-05-01T12:30:00",
+            "2024-05-01T12:30:00.Z",
+            "2024-05-01T12:30:00+2:00",
+            "1969-12-31T23:59:59Z",
+        ] {
+            assert_eq!(parse_rfc3339_ms(bad), None, "{bad}");
+        }
     }
 }

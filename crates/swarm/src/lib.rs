@@ -22,7 +22,8 @@ pub use client::{Client, Host, TlsFiles};
 pub use commands::Cli;
 pub use error::CliError;
 
-/// Exit code of a failed command (usage errors exit with 2, from clap).
+/// Exit code of a failed command (usage errors exit with 2, from clap; `swarm run` exits
+/// with its container's code).
 pub const EXIT_FAILURE: u8 = 1;
 
 /// Sends logs to stderr: `debug` with `-D`, otherwise as `SWARM_LOG` says (default `warn`).
@@ -40,7 +41,8 @@ fn init_tracing(debug: bool) {
 }
 
 /// Parses the command line, runs it and turns the outcome into the process exit code:
-/// 0 on success, 1 on failure (the message on stderr), 2 on a usage error.
+/// 0 on success, 1 on failure (the message on stderr), 2 on a usage error, and for
+/// `swarm run` the container's exit code (125 when it could not run).
 pub fn main_entry() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.global.debug);
@@ -55,7 +57,7 @@ pub fn main_entry() -> ExitCode {
                 let _ = out.flush();
                 let _ = writeln!(io::stderr().lock(), "{e}");
             }
-            ExitCode::from(EXIT_FAILURE)
+            ExitCode::from(e.exit_code())
         }
     }
 }

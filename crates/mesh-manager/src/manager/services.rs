@@ -370,6 +370,32 @@ impl Manager {
         encode(&0u64)
     }
 
+    pub(super) async fn rpc_run(&self, peer: &Peer, body: &[u8]) -> Result<Vec<u8>, ManagerError> {
+        let id = self.authorize(peer, false)?;
+        let req: RunRequest = decode(body)?;
+        encode(&self.run_container(&id, req).await?)
+    }
+
+    pub(super) async fn rpc_container_desired(
+        &self,
+        peer: &Peer,
+        body: &[u8],
+    ) -> Result<Vec<u8>, ManagerError> {
+        let id = self.authorize(peer, false)?;
+        let req: rpc::ContainerDesiredRequest = decode(body)?;
+        let t = self
+            .store
+            .read(|s| resolve_task(s, &req.reference).cloned())
+            .ok_or_else(|| no_such_task(&req.reference))?;
+        if t.node_id != id || !t.service_id.is_empty() {
+            return Err(ManagerError::PermissionDenied(format!(
+                "{} is not a container of this node; run the command on its node or on a manager",
+                req.reference
+            )));
+        }
+        encode(&self.set_task_desired(&t.id, req.state).await?)
+    }
+
     // ------------------------------------------------------------ orchestrator loop
 
     /// Runs the orchestrator and scheduler on the leader: after every change of the
@@ -403,9 +429,8 @@ impl Manager {
                 continue;
             }
             let now = now_ms();
-            let (plan, next) = self
-                .store
-                .read(|s| crate::orchestration::plan(s, now, &mut new_id));
+            let snapshot = self.store.read(crate::orchestration::Snapshot::of);
+            let (plan, next) = snapshot.plan(now, &mut new_id);
             wake_at = next;
             if plan.is_empty() {
                 continue;

@@ -1,8 +1,12 @@
 //! The command line: flags (clap) and the code of each verb.
 
+pub mod container;
+pub mod image;
 pub mod network;
 pub mod node;
+pub mod service;
 pub mod swarm;
+pub mod tasks;
 pub mod version;
 
 use std::io::{self, Write};
@@ -105,6 +109,29 @@ pub enum Command {
     /// Manage the overlay networks of the swarm.
     #[command(subcommand)]
     Network(network::NetworkCommand),
+    /// Manage services.
+    #[command(subcommand)]
+    Service(service::ServiceCommand),
+    /// Run a standalone container on the node swarm talks to.
+    Run(Box<container::RunArgs>),
+    /// Manage standalone containers.
+    #[command(subcommand)]
+    Container(container::ContainerCommand),
+    /// Manage the images of the node swarm talks to.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
+    /// List images (`swarm image ls`).
+    Images(image::LsArgs),
+    /// Remove images (`swarm image rm`).
+    Rmi(image::RmArgs),
+    /// Load an image (`swarm image load`).
+    Load(image::LoadArgs),
+    /// Fetch the output of a container (`swarm container logs`).
+    Logs(container::LogsArgs),
+    /// Remove containers (`swarm container rm`).
+    Rm(container::RmArgs),
+    /// Stop containers (`swarm container stop`).
+    Stop(container::StopArgs),
     /// Show the versions of swarm and of the daemon.
     Version,
 }
@@ -217,9 +244,27 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
             Command::Info(a) => swarm::info(&mut ctx, a).await,
             Command::Node(c) => node::run(&mut ctx, c).await,
             Command::Network(c) => network::run(&mut ctx, c).await,
+            Command::Service(c) => service::run(&mut ctx, c).await,
+            Command::Run(a) => container::run(&mut ctx, *a).await,
+            Command::Container(c) => container::run_command(&mut ctx, c).await,
+            Command::Image(c) => image::run(&mut ctx, c).await,
+            Command::Images(a) => image::ls(&mut ctx, a).await,
+            Command::Rmi(a) => image::rm(&mut ctx, a).await,
+            Command::Load(a) => image::load(&mut ctx, a).await,
+            Command::Logs(a) => container::logs(&mut ctx, a).await,
+            Command::Rm(a) => container::rm(&mut ctx, a).await,
+            Command::Stop(a) => container::stop(&mut ctx, a).await,
             Command::Version => Ok(()),
         }
     })
+}
+
+/// The current time in Unix milliseconds (0 if the clock is before 1970).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 /// Output format of `ls`, `info` and `inspect` verbs.
