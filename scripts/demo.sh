@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 source scripts/deps.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --bins
-exec target/debug/mesh-lab demo --hosts 3 "$@"
+bash scripts/build-test-image.sh target/images/meshd-test.tar
+exec target/debug/mesh-lab demo --hosts 3 --image target/images/meshd-test.tar "$@"

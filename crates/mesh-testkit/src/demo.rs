@@ -278,6 +278,63 @@ pub fn overlay_steps(lab: &Lab) -> Vec<Step> {
     ]
 }
 
+/// The services part of the demo (after [`overlay_steps`]): the test image loaded on every
+/// host, a replicated service on `appnet`, `service ps`, and each task answering, over the
+/// encrypted overlay, with its own hostname to the endpoint host1 attached.
+pub fn service_steps(lab: &Lab, image: &str) -> Vec<Step> {
+    let p1 = format!("/var/run/netns/{}", lab.extra_netns_name("web1"));
+    let mut steps = Vec::new();
+    for i in 1..=lab.hosts() {
+        steps.push(Step::swarm(
+            format!("Load the test image on host{i}"),
+            i,
+            &["image", "load", "-i", image],
+        ));
+    }
+    steps.push(Step::swarm(
+        "Run a replicated service of 3 tasks on appnet",
+        1,
+        &[
+            "service",
+            "create",
+            "--name",
+            "web",
+            "--replicas",
+            "3",
+            "--network",
+            "appnet",
+            "meshd-test:latest",
+        ],
+    ));
+    steps.push(Step::wait_swarm(
+        "Wait until its 3 tasks run",
+        1,
+        &["service", "ls"],
+        Duration::from_secs(60),
+        |out| out.lines().any(|l| l.contains("web") && l.contains("3/3")),
+    ));
+    steps.push(Step::swarm(
+        "Where its tasks run",
+        1,
+        &["service", "ps", "web"],
+    ));
+    // Addresses are given lowest first: .1 gateway, .2 the service's VIP, .3-.5 the tasks
+    // (.10 and .20 are the endpoints attached above).
+    steps.push(Step::exec(
+        "Each task answers with its own hostname, over the overlay",
+        1,
+        &[
+            "nsenter",
+            &format!("--net={p1}"),
+            "sh",
+            "-c",
+            "for ip in 10.20.0.3 10.20.0.4 10.20.0.5; do echo \"$ip: $(curl -s -m 5 http://$ip/)\"; done",
+        ],
+    ));
+    steps.push(Step::swarm("Their output", 1, &["service", "logs", "web"]));
+    steps
+}
+
 fn substitute(arg: &str, vars: &BTreeMap<String, String>) -> String {
     let mut s = arg.to_owned();
     for (k, v) in vars {

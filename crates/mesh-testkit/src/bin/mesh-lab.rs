@@ -50,9 +50,13 @@ enum Cmd {
         /// Extra argument for every meshd (repeat for several).
         #[arg(long = "meshd-arg", value_name = "ARG", allow_hyphen_values = true)]
         meshd_args: Vec<String>,
-        /// Only form the cluster; skip the overlay network part.
+        /// Only form the cluster; skip the overlay network and service parts.
         #[arg(long)]
         cluster_only: bool,
+        /// Image archive for the service part (`scripts/build-test-image.sh` makes one);
+        /// without it the demo stops after the overlay part.
+        #[arg(long, value_name = "TAR")]
+        image: Option<std::path::PathBuf>,
     },
     /// Remove labs whose process has died.
     Sweep,
@@ -233,6 +237,7 @@ fn work(cmd: Cmd, shared: &Shared) -> Result<(), LabError> {
             keep,
             meshd_args,
             cluster_only,
+            image,
         } => {
             println!("Starting a lab of {hosts} hosts...");
             let lab = Arc::new(Lab::start(LabOptions {
@@ -249,6 +254,16 @@ fn work(cmd: Cmd, shared: &Shared) -> Result<(), LabError> {
             let mut steps = demo::cluster_steps(&lab);
             if !cluster_only {
                 steps.extend(demo::overlay_steps(&lab));
+                if let Some(image) = &image {
+                    let image = std::fs::canonicalize(image).map_err(|source| LabError::Io {
+                        what: format!(
+                            "--image {}: the archive must exist (make it with `bash scripts/build-test-image.sh`)",
+                            image.display()
+                        ),
+                        source,
+                    })?;
+                    steps.extend(demo::service_steps(&lab, &image.to_string_lossy()));
+                }
             }
             let mut out = std::io::stdout();
             demo::run(&lab, &steps, &mut out)?;
