@@ -307,6 +307,30 @@ fn same_holder(a: &EndpointOwner, b: &EndpointOwner) -> bool {
     }
 }
 
+/// An object of `map` by ID, by name, or by an unambiguous ID prefix.
+pub(crate) fn resolve_in<'a, T>(
+    map: &'a BTreeMap<String, T>,
+    reference: &str,
+    name: impl Fn(&T) -> &str,
+) -> Option<&'a T> {
+    if let Some(x) = map.get(reference) {
+        return Some(x);
+    }
+    if let Some(x) = map.values().find(|x| name(x) == reference) {
+        return Some(x);
+    }
+    if reference.is_empty() {
+        return None;
+    }
+    let mut prefixed = map
+        .range(reference.to_string()..)
+        .take_while(|(k, _)| k.starts_with(reference));
+    match (prefixed.next(), prefixed.next()) {
+        (Some((_, x)), None) => Some(x),
+        _ => None,
+    }
+}
+
 fn reject(kind: RejectKind, message: impl Into<String>) -> Output {
     Err(Rejected {
         kind,
@@ -347,20 +371,7 @@ impl ClusterState {
 
     /// A network by ID, name or unambiguous ID prefix.
     pub fn resolve_network(&self, reference: &str) -> Option<&Network> {
-        if let Some(n) = self.networks.get(reference) {
-            return Some(n);
-        }
-        if let Some(n) = self.networks.values().find(|n| n.spec.name == reference) {
-            return Some(n);
-        }
-        let mut prefixed = self
-            .networks
-            .values()
-            .filter(|n| n.id.starts_with(reference));
-        match (prefixed.next(), prefixed.next()) {
-            (Some(n), None) if !reference.is_empty() => Some(n),
-            _ => None,
-        }
+        resolve_in(&self.networks, reference, |n| &n.spec.name)
     }
 
     /// How an endpoint is named in messages: `10.20.0.2 on host1 (netns /var/run/netns/foo)`.

@@ -42,20 +42,7 @@ pub fn task_endpoint_id(task_id: &str, i: usize) -> String {
 impl ClusterState {
     /// A service by ID, name or unambiguous ID prefix.
     pub fn resolve_service(&self, reference: &str) -> Option<&Service> {
-        if let Some(s) = self.services.get(reference) {
-            return Some(s);
-        }
-        if let Some(s) = self.services.values().find(|s| s.spec.name == reference) {
-            return Some(s);
-        }
-        let mut prefixed = self
-            .services
-            .values()
-            .filter(|s| s.id.starts_with(reference));
-        match (prefixed.next(), prefixed.next()) {
-            (Some(s), None) if !reference.is_empty() => Some(s),
-            _ => None,
-        }
+        crate::state::resolve_in(&self.services, reference, |s| &s.spec.name)
     }
 
     /// Addresses of network `network_id` in use: endpoints and service VIPs.
