@@ -33,6 +33,17 @@ fn applied(object: Option<String>) -> Output {
     })
 }
 
+/// A task whose addresses could not be given waits, with the reason. A replicated task may
+/// go to another node; a global task stays bound to its node.
+fn back_to_pending(t: &mut Task, reason: String, now: u64) {
+    if t.slot > 0 || t.service_id.is_empty() {
+        t.node_id.clear();
+    }
+    t.status.state = TaskState::Pending;
+    t.status.message = reason;
+    t.status.timestamp = now;
+}
+
 /// ID of the endpoint of task `task_id` on its `i`-th network (deterministic: every manager
 /// derives the same one).
 pub fn task_endpoint_id(task_id: &str, i: usize) -> String {
@@ -598,15 +609,15 @@ impl ClusterState {
             t.version = index;
             t.created_at = now;
             t.updated_at = now;
-            if !t.node_id.is_empty() {
-                if !self.nodes.contains_key(&t.node_id) {
-                    continue;
-                }
-                if let Err(msg) = self.attach_task_networks(&mut t) {
-                    t.node_id.clear();
-                    t.status.state = TaskState::Pending;
-                    t.status.message = msg;
-                }
+            // A global task waiting for room on its node has its node but is still pending:
+            // its addresses come with its assignment.
+            if !t.node_id.is_empty() && !self.nodes.contains_key(&t.node_id) {
+                continue;
+            }
+            if t.status.state == TaskState::Assigned
+                && let Err(msg) = self.attach_task_networks(&mut t)
+            {
+                back_to_pending(&mut t, msg, now);
             }
             self.tasks.insert(t.id.clone(), t);
         }
@@ -619,7 +630,7 @@ impl ClusterState {
                     let Some(t) = self.tasks.get(&task_id) else {
                         continue;
                     };
-                    if !t.node_id.is_empty()
+                    if !(t.node_id.is_empty() || t.node_id == node_id)
                         || t.desired_state != TaskState::Running
                         || t.status.state > TaskState::Pending
                     {
@@ -638,12 +649,7 @@ impl ClusterState {
                                 ..Default::default()
                             };
                         }
-                        Err(msg) => {
-                            t.node_id.clear();
-                            t.status.state = TaskState::Pending;
-                            t.status.message = msg;
-                            t.status.timestamp = now;
-                        }
+                        Err(msg) => back_to_pending(&mut t, msg, now),
                     }
                     self.tasks.insert(task_id, t);
                 }
@@ -989,6 +995,7 @@ mod tests {
         unassigned.status.state = TaskState::Pending;
         let mut placed = task("t2", "s1", 2);
         placed.node_id = "n1".into();
+        placed.status.state = TaskState::Assigned;
         let plan = TaskPlan {
             create: vec![unassigned, placed],
             ..Default::default()

@@ -319,7 +319,8 @@ impl Manager {
                     let tasks: Vec<Task> = s
                         .tasks
                         .values()
-                        .filter(|t| t.node_id == id)
+                        // Pending global tasks know their node already, but wait.
+                        .filter(|t| t.node_id == id && t.status.state >= TaskState::Assigned)
                         .cloned()
                         .collect();
                     let mut services: Vec<Service> = Vec::new();
