@@ -34,6 +34,15 @@ pub struct StoreConfig {
     pub membership_timeout: Duration,
     /// Upper bound for sending one snapshot to a member.
     pub snapshot_timeout: Duration,
+    /// Group commit of application writes on the leader: the writes that arrive while a few
+    /// are already being replicated are gathered into one log entry, so that one log flush on
+    /// every member carries them all. Each is still applied once, in order, and answered with
+    /// its own output; the commands of one entry share its log index (the `index` given to
+    /// [`StateMachine::apply`](crate::StateMachine::apply) and in
+    /// [`StoreEvent::Applied`](crate::StoreEvent::Applied)), so an index no longer names a
+    /// single command. A lone write is never delayed. Every member must run a version that
+    /// reads such entries.
+    pub batch_writes: bool,
 }
 
 impl Default for StoreConfig {
@@ -47,6 +56,7 @@ impl Default for StoreConfig {
             write_timeout: Duration::from_secs(5),
             membership_timeout: Duration::from_secs(60),
             snapshot_timeout: Duration::from_secs(30),
+            batch_writes: false,
         }
     }
 }

@@ -82,7 +82,9 @@ pub trait StateMachine:
     type Command: Serialize + DeserializeOwned + Clone + Send + Sync + Debug + 'static;
     /// What applying a command returns to the writer (and to subscribers).
     type Output: Serialize + DeserializeOwned + Clone + Send + Sync + Debug + 'static;
-    /// Deterministic. `index` is the Raft log index of the entry.
+    /// Deterministic. `index` is the Raft log index of the entry. With
+    /// [`StoreConfig::batch_writes`], the commands gathered into one entry are applied one after
+    /// the other with the same index.
     fn apply(&mut self, index: u64, cmd: Self::Command) -> Self::Output;
 }
 
@@ -137,7 +139,8 @@ pub trait RpcHandler: Send + Sync + 'static {
 pub enum StoreEvent<O> {
     /// A command was applied at `index` and produced `output`.
     Applied {
-        /// Raft log index of the entry.
+        /// Raft log index of the entry (shared by the commands of one entry with
+        /// [`StoreConfig::batch_writes`]).
         index: u64,
         /// What the state machine returned.
         output: O,

@@ -148,6 +148,8 @@ pub(crate) enum Applied<O> {
     Duplicate(O),
     /// The whole state was replaced by a restore entry.
     Replaced,
+    /// The commands of a batch entry, each applied now (`true`) or before, with its output.
+    Batch(Vec<(bool, O)>),
 }
 
 /// Apply a normal log entry to the replicated state. Deterministic: the outcome depends only
@@ -159,14 +161,15 @@ pub(crate) fn apply_request<S: StateMachine>(
     req: Request<S::Command>,
 ) -> Result<Applied<S::Output>, String> {
     match req {
-        Request::Cmd { id, cmd } => {
-            if let Some(first) = recent.get(&id) {
-                return Ok(Applied::Duplicate(first.clone()));
-            }
-            let output = state.apply(index, cmd);
-            recent.insert(id, output.clone());
-            Ok(Applied::Fresh(output))
-        }
+        Request::Cmd { id, cmd } => Ok(match apply_once(state, recent, index, id, cmd) {
+            (true, output) => Applied::Fresh(output),
+            (false, first) => Applied::Duplicate(first),
+        }),
+        Request::Batch(cmds) => Ok(Applied::Batch(
+            cmds.into_iter()
+                .map(|(id, cmd)| apply_once(state, recent, index, id, cmd))
+                .collect(),
+        )),
         Request::App(cmd) => Ok(Applied::Fresh(state.apply(index, cmd))),
         Request::Restore { state_json } => {
             *state = serde_json::from_str(&state_json)
@@ -176,6 +179,23 @@ pub(crate) fn apply_request<S: StateMachine>(
             Ok(Applied::Replaced)
         }
     }
+}
+
+/// Apply the command of request `id` unless it was applied before: whether it was applied now,
+/// and its (first) output.
+fn apply_once<S: StateMachine>(
+    state: &mut S,
+    recent: &mut RecentRequests<S::Output>,
+    index: u64,
+    id: RequestId,
+    cmd: S::Command,
+) -> (bool, S::Output) {
+    if let Some(first) = recent.get(&id) {
+        return (false, first.clone());
+    }
+    let output = state.apply(index, cmd);
+    recent.insert(id, output.clone());
+    (true, output)
 }
 
 /// The snapshot data (format [`VERSION`] 2), as written.
@@ -447,6 +467,19 @@ impl<S: StateMachine> RaftStateMachine<Cfg<S>> for SmStore<S> {
                                 tracing::info!(index, "state replaced by a restore entry");
                                 events.push(StoreEvent::StateReplaced { index });
                                 out.push(Response::None);
+                            }
+                            Applied::Batch(results) => {
+                                let mut outputs = Vec::with_capacity(results.len());
+                                for (fresh, output) in results {
+                                    if fresh {
+                                        events.push(StoreEvent::Applied {
+                                            index,
+                                            output: output.clone(),
+                                        });
+                                    }
+                                    outputs.push(output);
+                                }
+                                out.push(Response::Batch(outputs));
                             }
                         }
                     }
@@ -762,6 +795,7 @@ mod tests {
             Applied::Fresh(o) => (true, o),
             Applied::Duplicate(o) => (false, o),
             Applied::Replaced => panic!("unexpected restore"),
+            Applied::Batch(_) => panic!("unexpected batch"),
         }
     }
 
@@ -796,6 +830,31 @@ mod tests {
             state_json: "{".into(),
         };
         assert!(apply_request(&mut st, &mut recent, 8, bad).is_err());
+    }
+
+    #[test]
+    fn a_batch_applies_each_request_once_in_order_at_its_index() {
+        let (mut st, mut recent) = (Sum::default(), RecentRequests::default());
+        apply_request(&mut st, &mut recent, 1, cmd(7, 5)).unwrap();
+        let batch = Request::Batch(vec![
+            (RequestId(8), 1),
+            (RequestId(7), 5), // applied at index 1 already
+            (RequestId(9), 10),
+            (RequestId(8), 1), // twice in the same batch
+        ]);
+        match apply_request(&mut st, &mut recent, 2, batch).unwrap() {
+            Applied::Batch(results) => {
+                assert_eq!(results, vec![(true, 6), (false, 5), (true, 16), (false, 6)])
+            }
+            _ => panic!("expected a batch"),
+        }
+        assert_eq!(st.applied, 3);
+        assert_eq!(st.total, 16);
+        // The same ids arriving alone later are recognised too.
+        assert_eq!(
+            output(apply_request(&mut st, &mut recent, 3, cmd(9, 10)).unwrap()),
+            (false, 16)
+        );
     }
 
     #[test]

@@ -54,6 +54,31 @@ use crate::types::Request;
 use crate::types::RequestId;
 use crate::types::Response;
 
+/// Application writes proposed to the Raft core at once; more wait in the store.
+///
+/// openraft's core takes in up to a thousand proposals, each with its own log flush, before it
+/// looks at the followers' replies and its timers again; bounding the proposals keeps that
+/// pause short under a flood of writes, so the leader's quorum acknowledgements stay fresh.
+/// Writes are serialised by the core anyway: this costs no throughput.
+const MAX_PROPOSALS: usize = 64;
+
+/// With `batch_writes`: application writes proposed to the Raft core at once. The writes that
+/// arrive meanwhile wait in the store and go together, as one entry, into the next free slot.
+const BATCHED_PROPOSALS: usize = 2;
+
+/// With `batch_writes`: most writes gathered into one entry.
+const MAX_BATCH: usize = 1024;
+
+/// A write waiting to be proposed with others in one entry.
+struct QueuedWrite<S: StateMachine> {
+    id: RequestId,
+    cmd: S::Command,
+    reply: tokio::sync::oneshot::Sender<Result<ForwardOutput<S>, StoreError>>,
+}
+
+/// Opens a store's raft database, given the database file's path.
+type OpenDb = Box<dyn FnOnce(&Path) -> Result<DbHandle, StoreError> + Send>;
+
 /// Left in the store directory while `force_new_cluster` runs: the recovered state.
 const RECOVERY_FILE: &str = "force-new-cluster.state.json";
 
@@ -76,12 +101,17 @@ struct Inner<S: StateMachine> {
     cfg: StoreConfig,
     raft: Raft<S>,
     sm: Arc<SmShared<S>>,
-    db: Arc<DbHandle>,
+    log: LogStore<S>,
     transport: Arc<dyn RaftTransport>,
     health: Arc<PeerHealth>,
     shut_down: AtomicBool,
     /// Set once the store is known to be part of a cluster (metrics can lag behind).
     initialized: AtomicBool,
+    /// Admits application writes into the Raft core, [`MAX_PROPOSALS`] at a time
+    /// ([`BATCHED_PROPOSALS`] with `batch_writes`).
+    proposals: Arc<tokio::sync::Semaphore>,
+    /// With `batch_writes`: writes waiting for a proposal slot, oldest first.
+    queued: std::sync::Mutex<std::collections::VecDeque<QueuedWrite<S>>>,
 }
 
 impl<S: StateMachine> Drop for Inner<S> {
@@ -92,10 +122,10 @@ impl<S: StateMachine> Drop for Inner<S> {
         // Dropped without `shutdown()`: stop Raft in the background if a runtime is there.
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             let raft = self.raft.clone();
-            let db = self.db.clone();
+            let log = self.log.clone();
             handle.spawn(async move {
                 let _ = raft.shutdown().await;
-                let _ = tokio::task::spawn_blocking(move || db.close()).await;
+                let _ = tokio::task::spawn_blocking(move || log.close()).await;
             });
         }
     }
@@ -184,8 +214,61 @@ fn map_fatal(f: Fatal<u64>) -> StoreError {
     }
 }
 
+/// The membership change that removes member `id`: `None` if it is not a member.
+fn removal_change(
+    m: &Metrics,
+    id: u64,
+) -> Result<Option<ChangeMembers<u64, MemberInfo>>, StoreError> {
+    let membership = m.membership_config.membership();
+    if membership.voter_ids().any(|v| v == id) {
+        if membership.voter_ids().all(|v| v == id) {
+            return Err(StoreError::InvalidArgument {
+                field: "id".to_string(),
+                reason: format!("{id} is the last voter; a cluster needs at least one"),
+            });
+        }
+        Ok(Some(ChangeMembers::RemoveVoters(BTreeSet::from([id]))))
+    } else if membership.get_node(&id).is_some() {
+        Ok(Some(ChangeMembers::RemoveNodes(BTreeSet::from([id]))))
+    } else {
+        Ok(None)
+    }
+}
+
 fn is_initialized(m: &Metrics) -> bool {
     m.membership_config.membership().nodes().next().is_some() || m.last_log_index.is_some()
+}
+
+/// openraft decides on a snapshot when the commit index moves, and skips the decision while a
+/// snapshot is being built: writes that end during a build would leave the log uncompacted
+/// until the next write. Each time a snapshot is done, ask again if the log has grown past
+/// `every` entries since. Ends when Raft stops.
+fn spawn_snapshot_catch_up<S: StateMachine>(raft: Raft<S>, every: u64) {
+    tokio::spawn(async move {
+        let mut rx = raft.data_metrics();
+        let mut done = rx.borrow_and_update().snapshot;
+        while rx.changed().await.is_ok() {
+            let (snapshot, applied) = {
+                let m = rx.borrow_and_update();
+                (m.snapshot, m.last_applied)
+            };
+            if snapshot == done {
+                continue;
+            }
+            done = snapshot;
+            let next = |l: Option<crate::types::LogId>| l.map_or(0, |l| l.index + 1);
+            if next(applied).saturating_sub(next(snapshot)) >= every {
+                tracing::debug!(
+                    ?snapshot,
+                    ?applied,
+                    "log grew during the snapshot; another one"
+                );
+                if raft.trigger().snapshot().await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
 }
 
 fn blocking_err(e: tokio::task::JoinError) -> StoreError {
@@ -222,33 +305,42 @@ impl<S: StateMachine> Store<S> {
         cfg: StoreConfig,
         transport: Arc<dyn RaftTransport>,
     ) -> Result<Self, StoreError> {
+        Self::open_with(dir, raft_id, cfg, transport, Box::new(DbHandle::open)).await
+    }
+
+    /// Open the store, its database opened by `open_db` (given the database file's path).
+    async fn open_with(
+        dir: &Path,
+        raft_id: u64,
+        cfg: StoreConfig,
+        transport: Arc<dyn RaftTransport>,
+        open_db: OpenDb,
+    ) -> Result<Self, StoreError> {
         cfg.validate()?;
         let raft_cfg = Arc::new(cfg.raft_config()?);
         let dir = dir.to_path_buf();
         let d = dir.clone();
-        let (db, sm, has_state) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+        let (log, sm, has_state) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
             std::fs::create_dir_all(&d).map_err(|e| {
                 StoreError::storage(&d, format!("cannot create the store directory: {e}"))
             })?;
-            let db = DbHandle::open(&d.join(DB_FILE))?;
+            let db = Arc::new(open_db(&d.join(DB_FILE))?);
             if let Err(e) = db.claim_raft_id(raft_id) {
                 db.close();
                 return Err(e);
             }
-            let loaded = db
-                .has_raft_state()
-                .and_then(|has_state| SmShared::<S>::load(&d).map(|sm| (has_state, sm)));
-            match loaded {
-                Ok((has_state, sm)) => Ok((db, sm, has_state)),
-                Err(e) => {
-                    db.close();
-                    Err(e)
-                }
+            let loaded = db.has_raft_state().and_then(|has_state| {
+                let sm = SmShared::<S>::load(&d)?;
+                let log = LogStore::<S>::open(db.clone(), raft_id)?;
+                Ok((log, sm, has_state))
+            });
+            if loaded.is_err() {
+                db.close();
             }
+            loaded
         })
         .await
         .map_err(blocking_err)??;
-        let db = Arc::new(db);
         let sm = Arc::new(sm);
         let health = Arc::new(PeerHealth::default());
         let net = NetFactory::<S> {
@@ -261,16 +353,22 @@ impl<S: StateMachine> Store<S> {
             raft_id,
             raft_cfg,
             net,
-            LogStore::<S>::new(db.clone()),
+            log.clone(),
             SmStore { shared: sm.clone() },
         )
         .await
         {
             Ok(r) => r,
             Err(e) => {
-                db.close();
+                let _ = tokio::task::spawn_blocking(move || log.close()).await;
                 return Err(StoreError::raft(format!("cannot start raft: {e}")));
             }
+        };
+        spawn_snapshot_catch_up(raft.clone(), cfg.snapshot_every_logs);
+        let proposals = if cfg.batch_writes {
+            BATCHED_PROPOSALS
+        } else {
+            MAX_PROPOSALS
         };
         tracing::info!(raft_id, dir = %dir.display(), "store opened");
         Ok(Self {
@@ -280,11 +378,13 @@ impl<S: StateMachine> Store<S> {
                 cfg,
                 raft,
                 sm,
-                db,
+                log,
                 transport,
                 health,
                 shut_down: AtomicBool::new(false),
                 initialized: AtomicBool::new(has_state),
+                proposals: Arc::new(tokio::sync::Semaphore::new(proposals)),
+                queued: Default::default(),
             }),
         })
     }
@@ -320,7 +420,7 @@ impl<S: StateMachine> Store<S> {
 
     /// Whether this store belongs to a cluster (bootstrapped, or added by a leader).
     pub fn is_initialized(&self) -> bool {
-        self.initialized_now(&self.metrics())
+        self.initialized_now(&self.inner.raft.metrics().borrow())
     }
 
     /// This member's Raft id.
@@ -434,7 +534,8 @@ impl<S: StateMachine> Store<S> {
 
     /// A point-in-time view of this member's Raft state.
     pub fn status(&self) -> RaftStatus {
-        let m = self.metrics();
+        let rx = self.inner.raft.metrics();
+        let m = rx.borrow();
         let membership = m.membership_config.membership();
         let voter_ids: BTreeSet<u64> = membership.voter_ids().collect();
         let mut voters = BTreeMap::new();
@@ -520,8 +621,8 @@ impl<S: StateMachine> Store<S> {
             return Ok(());
         }
         let res = self.inner.raft.shutdown().await;
-        let db = self.inner.db.clone();
-        tokio::task::spawn_blocking(move || db.close())
+        let log = self.inner.log.clone();
+        tokio::task::spawn_blocking(move || log.close())
             .await
             .map_err(blocking_err)?;
         tracing::info!(raft_id = self.inner.id, "store shut down");
@@ -612,10 +713,6 @@ impl<S: StateMachine> Store<S> {
 
     // ----- internals -----
 
-    fn metrics(&self) -> Metrics {
-        self.inner.raft.metrics().borrow().clone()
-    }
-
     fn initialized_now(&self, m: &Metrics) -> bool {
         if self.inner.initialized.load(Ordering::SeqCst) {
             return true;
@@ -655,19 +752,33 @@ impl<S: StateMachine> Store<S> {
     /// Whether a majority of voters was heard from lately (within two election timeouts, so
     /// that an election round or two among them counts).
     fn majority_heard(&self, m: &Metrics) -> bool {
-        let window = Duration::from_millis(2 * self.inner.cfg.election_max_ms);
-        let voters: BTreeSet<u64> = m.membership_config.membership().voter_ids().collect();
-        let heard = voters
-            .iter()
-            .filter(|v| **v == self.inner.id || self.inner.health.heard_within(**v, window))
-            .count();
-        heard * 2 > voters.len()
+        self.majority_heard_within(m, Duration::from_millis(2 * self.inner.cfg.election_max_ms))
+    }
+
+    /// Whether a majority of voters (this member included) was heard from within `window`.
+    fn majority_heard_within(&self, m: &Metrics, window: Duration) -> bool {
+        let membership = m.membership_config.membership();
+        let (mut voters, mut heard) = (0usize, 0usize);
+        for v in membership.voter_ids() {
+            voters += 1;
+            if v == self.inner.id || self.inner.health.heard_within(v, window) {
+                heard += 1;
+            }
+        }
+        heard * 2 > voters
     }
 
     /// Leader lease: a leader that has not heard from a majority recently refuses writes.
+    ///
+    /// openraft's acknowledgement time lags while its core is busy (it takes in the replies of
+    /// the followers only between batches of proposals), so an old acknowledgement counts as
+    /// lost only if the transport has not heard from a majority within the lease either.
     fn check_lease(&self, m: &Metrics) -> Result<(), StoreError> {
+        let lease = self.inner.cfg.quorum_lease();
         match m.millis_since_quorum_ack {
-            Some(ms) if Duration::from_millis(ms) > self.inner.cfg.quorum_lease() => {
+            Some(ms)
+                if Duration::from_millis(ms) > lease && !self.majority_heard_within(m, lease) =>
+            {
                 Err(self.no_quorum(m))
             }
             _ => Ok(()),
@@ -693,20 +804,30 @@ impl<S: StateMachine> Store<S> {
         let mut last_err: Option<StoreError> = None;
         loop {
             self.ensure_running()?;
-            let m = rx.borrow_and_update().clone();
-            if let Err(f) = &m.running_state {
-                return Err(map_fatal(f.clone()));
-            }
-            if !self.initialized_now(&m) {
-                return Err(StoreError::NotInitialized);
-            }
+            // Only what is needed, read under the borrow (never held across an await).
+            let (leader, term, leader_member) = {
+                let m = rx.borrow_and_update();
+                if let Err(f) = &m.running_state {
+                    return Err(map_fatal(f.clone()));
+                }
+                if !self.initialized_now(&m) {
+                    return Err(StoreError::NotInitialized);
+                }
+                let member = match m.current_leader {
+                    Some(l) if l != self.inner.id => {
+                        m.membership_config.membership().get_node(&l).cloned()
+                    }
+                    _ => None,
+                };
+                (m.current_leader, m.current_term, member)
+            };
             if deadline.passed() {
                 return Err(match last_err {
                     Some(e @ StoreError::ForwardFailed { .. }) => e,
                     _ => deadline.timeout(),
                 });
             }
-            match m.current_leader {
+            match leader {
                 Some(l) if l == self.inner.id => {
                     match self.execute_local(op.clone(), deadline).await {
                         Err(e @ StoreError::NotLeader { .. }) => last_err = Some(e),
@@ -719,15 +840,15 @@ impl<S: StateMachine> Store<S> {
                     tracing::debug!(leader = l, "no word from the leader lately; waiting");
                 }
                 Some(l) => {
-                    if let Some(member) = m.membership_config.membership().get_node(&l).cloned() {
+                    if let Some(member) = leader_member {
                         let attempt = self.forward(l, &member, op.clone(), deadline);
                         let result = if resendable {
                             tokio::select! {
                                 r = attempt => Some(r),
-                                why = self.leader_lost(l, m.current_term) => {
+                                why = self.leader_lost(l, term) => {
                                     tracing::info!(
                                         leader = l,
-                                        term = m.current_term,
+                                        term,
                                         reason = %why,
                                         "abandoning the write forwarded to the leader; sending it again"
                                     );
@@ -773,18 +894,23 @@ impl<S: StateMachine> Store<S> {
                 None => {}
             }
             // No usable leader right now: an election may be under way, or we are cut off.
-            let m = rx.borrow_and_update().clone();
-            // A leader gone silent counts as none.
-            let leaderless = m
-                .current_leader
-                .is_none_or(|l| l != self.inner.id && !self.heard_from_recently(l));
             // Past the grace period, keep waiting only while a majority still answers (an
             // election among reachable members is then under way).
-            if start.elapsed() >= cfg.leader_grace() && !self.majority_heard(&m) {
-                return Err(match last_err {
-                    Some(e @ StoreError::ForwardFailed { .. }) if !leaderless => e,
-                    _ => self.no_quorum(&m),
-                });
+            let refusal = {
+                let m = rx.borrow_and_update();
+                // A leader gone silent counts as none.
+                let leaderless = m
+                    .current_leader
+                    .is_none_or(|l| l != self.inner.id && !self.heard_from_recently(l));
+                (start.elapsed() >= cfg.leader_grace() && !self.majority_heard(&m)).then(|| {
+                    match last_err.take() {
+                        Some(e @ StoreError::ForwardFailed { .. }) if !leaderless => e,
+                        _ => self.no_quorum(&m),
+                    }
+                })
+            };
+            if let Some(e) = refusal {
+                return Err(e);
             }
             // Wake up on the next change of the Raft state, or after a poll interval.
             let pause = cfg.poll_interval().min(deadline.remaining());
@@ -886,22 +1012,24 @@ impl<S: StateMachine> Store<S> {
         op: ForwardOp<S>,
         deadline: Deadline,
     ) -> Result<ForwardOutput<S>, StoreError> {
-        let m = self.metrics();
-        if m.state != ServerState::Leader {
-            return Err(StoreError::NotLeader {
-                leader: m.current_leader.filter(|l| *l != self.inner.id),
-            });
-        }
-        self.check_lease(&m)?;
+        // Read under the borrow what the operation needs; nothing is cloned on the write path.
+        let removal = {
+            let rx = self.inner.raft.metrics();
+            let m = rx.borrow();
+            if m.state != ServerState::Leader {
+                return Err(StoreError::NotLeader {
+                    leader: m.current_leader.filter(|l| *l != self.inner.id),
+                });
+            }
+            self.check_lease(&m)?;
+            match &op {
+                ForwardOp::RemoveMember { id } => Some(removal_change(&m, *id)?),
+                _ => None,
+            }
+        };
         let raft = &self.inner.raft;
         match op {
-            ForwardOp::Write(req) => {
-                let resp = self.guarded(raft.client_write(req), deadline).await?;
-                Ok(ForwardOutput::Write {
-                    index: resp.log_id.index,
-                    response: resp.data,
-                })
-            }
+            ForwardOp::Write(req) => self.propose_write(req, deadline).await,
             ForwardOp::AddLearner { id, member } => {
                 let resp = self
                     .guarded(raft.add_learner(id, member, false), deadline)
@@ -917,26 +1045,150 @@ impl<S: StateMachine> Store<S> {
                 Ok(ForwardOutput::Done)
             }
             ForwardOp::RemoveMember { id } => {
-                let membership = m.membership_config.membership();
-                let is_voter = membership.voter_ids().any(|v| v == id);
-                let is_member = membership.get_node(&id).is_some();
-                let change = if is_voter {
-                    if membership.voter_ids().all(|v| v == id) {
-                        return Err(StoreError::InvalidArgument {
-                            field: "id".to_string(),
-                            reason: format!("{id} is the last voter; a cluster needs at least one"),
-                        });
-                    }
-                    ChangeMembers::RemoveVoters(BTreeSet::from([id]))
-                } else if is_member {
-                    ChangeMembers::RemoveNodes(BTreeSet::from([id]))
-                } else {
+                let Some(Some(change)) = removal else {
+                    // Not a member: nothing to do.
                     return Ok(ForwardOutput::Done);
                 };
                 self.guarded(raft.change_membership(change, false), deadline)
                     .await?;
                 tracing::info!(member = id, "member removed");
                 Ok(ForwardOutput::Done)
+            }
+        }
+    }
+
+    /// Propose an application write on this member, the leader: alone, or (with
+    /// `batch_writes`, while proposal slots are taken) gathered with others into one entry.
+    async fn propose_write(
+        &self,
+        req: Request<S::Command>,
+        deadline: Deadline,
+    ) -> Result<ForwardOutput<S>, StoreError> {
+        let (id, cmd) = match req {
+            Request::Cmd { id, cmd } if self.inner.cfg.batch_writes => (id, cmd),
+            req => {
+                let permit =
+                    tokio::time::timeout(deadline.remaining(), self.inner.proposals.acquire())
+                        .await
+                        .map_err(|_| deadline.timeout())?
+                        .map_err(|_| StoreError::ShutDown)?;
+                let r = self.propose(req, deadline).await;
+                drop(permit);
+                return r;
+            }
+        };
+        // A free slot and nobody waiting: no reason to wait for company.
+        let waiting = {
+            let mut queue = self.inner.queued.lock().unwrap_or_else(|e| e.into_inner());
+            match self.inner.proposals.clone().try_acquire_owned() {
+                Ok(permit) if queue.is_empty() => Err((permit, id, cmd)),
+                _ => {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    queue.push_back(QueuedWrite { id, cmd, reply: tx });
+                    Ok(rx)
+                }
+            }
+        };
+        let rx = match waiting {
+            Ok(rx) => rx,
+            Err((permit, id, cmd)) => {
+                let r = self.propose(Request::Cmd { id, cmd }, deadline).await;
+                drop(permit);
+                self.propose_queued();
+                return r;
+            }
+        };
+        self.propose_queued();
+        match tokio::time::timeout(deadline.remaining(), rx).await {
+            Err(_) => Err(deadline.timeout()),
+            Ok(Err(_)) => Err(StoreError::ShutDown),
+            Ok(Ok(r)) => r,
+        }
+    }
+
+    /// Propose one entry and wait until it is applied here.
+    async fn propose(
+        &self,
+        req: Request<S::Command>,
+        deadline: Deadline,
+    ) -> Result<ForwardOutput<S>, StoreError> {
+        let resp = self
+            .guarded(self.inner.raft.client_write(req), deadline)
+            .await?;
+        Ok(ForwardOutput::Write {
+            index: resp.log_id.index,
+            response: resp.data,
+        })
+    }
+
+    /// While proposal slots are free and writes wait, propose the waiting writes, gathered
+    /// into entries (in tasks of their own).
+    fn propose_queued(&self) {
+        while let Ok(permit) = self.inner.proposals.clone().try_acquire_owned() {
+            let batch: Vec<QueuedWrite<S>> = {
+                let mut queue = self.inner.queued.lock().unwrap_or_else(|e| e.into_inner());
+                let n = queue.len().min(MAX_BATCH);
+                queue.drain(..n).collect()
+            };
+            if batch.is_empty() {
+                return;
+            }
+            let store = self.clone();
+            tokio::spawn(async move {
+                store.propose_batch(batch).await;
+                drop(permit);
+                store.propose_queued();
+            });
+        }
+    }
+
+    /// Propose the writes of `batch` as one entry and answer each writer.
+    async fn propose_batch(&self, batch: Vec<QueuedWrite<S>>) {
+        // Writers that gave up meanwhile are left out.
+        let mut batch: Vec<QueuedWrite<S>> =
+            batch.into_iter().filter(|w| !w.reply.is_closed()).collect();
+        let deadline = Deadline::new(self.inner.cfg.write_timeout);
+        if batch.len() <= 1 {
+            if let Some(w) = batch.pop() {
+                let r = self
+                    .propose(
+                        Request::Cmd {
+                            id: w.id,
+                            cmd: w.cmd,
+                        },
+                        deadline,
+                    )
+                    .await;
+                let _ = w.reply.send(r);
+            }
+            return;
+        }
+        let n = batch.len();
+        let (cmds, replies): (Vec<_>, Vec<_>) =
+            batch.into_iter().map(|w| ((w.id, w.cmd), w.reply)).unzip();
+        tracing::trace!(writes = n, "proposing a batch of writes");
+        match self.propose(Request::Batch(cmds), deadline).await {
+            Ok(ForwardOutput::Write {
+                index,
+                response: Response::Batch(outputs),
+            }) if outputs.len() == n => {
+                for (reply, output) in replies.into_iter().zip(outputs) {
+                    let _ = reply.send(Ok(ForwardOutput::Write {
+                        index,
+                        response: Response::App(output),
+                    }));
+                }
+            }
+            other => {
+                let e = match other {
+                    Err(e) => e,
+                    Ok(_) => {
+                        StoreError::raft("the state machine gave no output per write of a batch")
+                    }
+                };
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
             }
         }
     }
@@ -951,8 +1203,11 @@ impl<S: StateMachine> Store<S> {
         let fut = std::pin::pin!(fut);
         let mut fut = fut;
         let lease = self.inner.cfg.quorum_lease();
-        let mut ticker = tokio::time::interval(self.inner.cfg.poll_interval());
+        // The caller checked the lease just now: the first check is one poll interval away.
+        let poll = self.inner.cfg.poll_interval();
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + poll, poll);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let metrics = self.inner.raft.metrics();
         let mut unacked_since: Option<Instant> = None;
         loop {
             tokio::select! {
@@ -961,13 +1216,13 @@ impl<S: StateMachine> Store<S> {
                     if deadline.passed() {
                         return Err(deadline.timeout());
                     }
-                    let m = self.metrics();
+                    let m = metrics.borrow();
                     if m.state == ServerState::Leader {
                         self.check_lease(&m)?;
                         // A new leader that never heard back from a majority.
                         if m.millis_since_quorum_ack.is_none() {
                             let since = *unacked_since.get_or_insert_with(Instant::now);
-                            if since.elapsed() > lease {
+                            if since.elapsed() > lease && !self.majority_heard_within(&m, lease) {
                                 return Err(self.no_quorum(&m));
                             }
                         } else {
@@ -1288,5 +1543,48 @@ mod tests {
         assert_eq!(s2.read(|c| c.applied), 32);
         s.shutdown().await.unwrap();
         s2.shutdown().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_disk_fails_writes_instead_of_hanging() {
+        use crate::log_store::tests::Faults;
+        use crate::log_store::tests::open_faulty;
+
+        let tmp = tempfile::tempdir().unwrap();
+        let net = MemNetwork::new();
+        let faults = Arc::new(Faults::default());
+        let f = faults.clone();
+        // A long write timeout: the failure must come from the disk, not the backstop.
+        let cfg = StoreConfig {
+            write_timeout: Duration::from_secs(120),
+            ..Default::default()
+        };
+        let s = Store::<Sum>::open_with(
+            tmp.path(),
+            1,
+            cfg,
+            net.transport(1),
+            Box::new(move |p| open_faulty(p, f)),
+        )
+        .await
+        .unwrap();
+        net.register(1, s.rpc_handler());
+        s.bootstrap(member(1)).await.unwrap();
+        assert_eq!(s.write(5).await.unwrap(), 5);
+
+        faults.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+        let err = s.write(1).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::Raft { .. } | StoreError::ShutDown),
+            "{err}"
+        );
+        // Raft stopped on the storage error; the store says so instead of waiting.
+        let err = s.write(1).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::Raft { .. } | StoreError::ShutDown),
+            "{err}"
+        );
+        assert_eq!(s.read(|c| c.total), 5);
+        let _ = s.shutdown().await;
     }
 }

@@ -123,6 +123,10 @@ pub(crate) enum Request<C> {
         /// The state, serialized with serde_json.
         state_json: String,
     },
+    /// Application commands of several `write` calls gathered into one entry (see
+    /// `StoreConfig::batch_writes`): applied in order, at the entry's index, each request id
+    /// once as for `Cmd`.
+    Batch(Vec<(RequestId, C)>),
 }
 
 /// What applying an entry produced.
@@ -136,6 +140,8 @@ pub(crate) enum Response<O> {
     App(O),
     /// Entries without an application output (blank, membership, restore).
     None,
+    /// Outputs of the commands of a `Batch` entry, in order.
+    Batch(Vec<O>),
 }
 
 pub(crate) type Entry<S> = openraft::Entry<Cfg<S>>;

@@ -310,6 +310,156 @@ async fn concurrent_writes_from_every_member() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_writes_are_applied_once_and_survive_a_restart() {
+    let mut c = Cluster::new(StoreConfig::default());
+    c.form(&[1, 2, 3]).await;
+    let leader = c.leader_among(&[1, 2, 3]).await;
+    // Most writes on the leader, the others through followers, all in flight at once.
+    let n = 400u64;
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let s = if i % 4 == 0 {
+            c.get(1 + i % 3)
+        } else {
+            c.get(leader)
+        };
+        tasks.push(tokio::spawn(async move {
+            s.write(set(format!("k-{i}"), format!("v{i}"))).await
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap(), None);
+    }
+    let expected: BTreeMap<String, String> = (0..n)
+        .map(|i| (format!("k-{i}"), format!("v{i}")))
+        .collect();
+    c.converge(&[1, 2, 3], &expected).await;
+    let before: Vec<Kv> = [1, 2, 3]
+        .iter()
+        .map(|id| c.get(*id).read(|kv| kv.clone()))
+        .collect();
+    for kv in &before {
+        assert_eq!(kv.indexes.len() as u64, n, "each write applied once");
+        assert!(kv.indexes.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    // Every member stopped, then rebuilt from its own disk.
+    for id in [1, 2, 3] {
+        c.kill(id).await;
+    }
+    for id in [1, 2, 3] {
+        c.start(id).await;
+    }
+    c.leader_among(&[1, 2, 3]).await;
+    c.converge(&[1, 2, 3], &expected).await;
+    for (i, id) in [1, 2, 3].iter().enumerate() {
+        assert_eq!(c.get(*id).read(|kv| kv.clone()), before[i], "member {id}");
+    }
+    // A member restarted alone reads its whole state back from its disk.
+    let lone = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
+    c.kill(lone).await;
+    c.net.cut(lone);
+    let s = c.start(lone).await;
+    wait_until("the log replayed", || {
+        s.read(|kv| kv.indexes.len() as u64) == n
+    })
+    .await;
+    assert_eq!(s.read(|kv| kv.map.clone()), expected);
+    c.net.heal(lone);
+    for id in [1, 2, 3] {
+        c.kill(id).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_writes_are_applied_once_each_with_its_own_output() {
+    let cfg = StoreConfig {
+        batch_writes: true,
+        ..Default::default()
+    };
+    let mut c = Cluster::new(cfg);
+    c.form(&[1, 2, 3]).await;
+    let leader = c.leader_among(&[1, 2, 3]).await;
+    let mut events = c.get(leader).subscribe();
+    // Every key written twice, concurrently: each write answers with the value it replaced.
+    let n = 300u64;
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let s = if i % 4 == 0 {
+            c.get(1 + i % 3)
+        } else {
+            c.get(leader)
+        };
+        tasks.push(tokio::spawn(async move {
+            let k = format!("k-{}", i % (n / 2));
+            (i, s.write(set(k, format!("v{i}"))).await)
+        }));
+    }
+    let mut replaced: BTreeMap<String, Vec<Option<String>>> = BTreeMap::new();
+    for t in tasks {
+        let (i, out) = t.await.unwrap();
+        replaced
+            .entry(format!("k-{}", i % (n / 2)))
+            .or_default()
+            .push(out.unwrap());
+    }
+    for (k, outs) in &replaced {
+        // One of the two writes of a key found it empty, the other found the first's value.
+        assert_eq!(outs.len(), 2, "{k}");
+        assert_eq!(
+            outs.iter().filter(|o| o.is_none()).count(),
+            1,
+            "{k}: {outs:?}"
+        );
+    }
+    let expected = c.get(leader).read(|kv| kv.map.clone());
+    assert_eq!(expected.len() as u64, n / 2);
+    c.converge(&[1, 2, 3], &expected).await;
+    let state = c.get(leader).read(|kv| kv.clone());
+    assert_eq!(state.indexes.len() as u64, n, "each write applied once");
+    assert!(
+        state.indexes.windows(2).all(|w| w[0] <= w[1]),
+        "in log order"
+    );
+    assert!(
+        state.indexes.windows(2).any(|w| w[0] == w[1]),
+        "some writes shared an entry"
+    );
+    // Subscribers see every write, in order.
+    let mut seen = 0;
+    while seen < n {
+        match events.recv().await.unwrap() {
+            StoreEvent::Applied { .. } => seen += 1,
+            other => panic!("unexpected event {other:?}"),
+        }
+    }
+    for id in [1, 2, 3] {
+        assert_eq!(c.get(id).read(|kv| kv.clone()), state, "member {id}");
+    }
+
+    // Rebuilt from disk, batches included.
+    for id in [1, 2, 3] {
+        c.kill(id).await;
+    }
+    for id in [1, 2, 3] {
+        c.start(id).await;
+    }
+    c.leader_among(&[1, 2, 3]).await;
+    c.converge(&[1, 2, 3], &expected).await;
+    for id in [1, 2, 3] {
+        assert_eq!(c.get(id).read(|kv| kv.clone()), state, "member {id}");
+    }
+    // A lone write still goes through.
+    assert_eq!(
+        c.get(2).write(set("k-0", "last")).await.unwrap(),
+        expected.get("k-0").cloned()
+    );
+    for id in [1, 2, 3] {
+        c.kill(id).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raft_id_is_bound_to_the_directory() {
     let mut c = Cluster::new(StoreConfig::default());
     c.start(1).await;

@@ -33,6 +33,16 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 type ManagerSlot = RwLock<Option<Arc<Manager>>>;
 
+/// The Raft store's settings: concurrent writes that arrive while entries are in flight share
+/// one log entry (one fsync on every manager). `ClusterState` only uses the index as an object
+/// version, and an entry is applied as one atomic step, so commands sharing it are fine.
+fn store_config() -> StoreConfig {
+    StoreConfig {
+        batch_writes: true,
+        ..StoreConfig::default()
+    }
+}
+
 /// Routes RPCs arriving over QUIC to the manager plane, if this node runs one.
 struct Router {
     slot: Arc<ManagerSlot>,
@@ -355,7 +365,7 @@ impl Daemon {
         let store: Store<ClusterState> = Store::open(
             &self.dir.raft(),
             st.raft_id,
-            StoreConfig::default(),
+            store_config(),
             Arc::new(RaftNet {
                 transport: Arc::clone(&active.transport),
             }),
@@ -594,7 +604,7 @@ impl Daemon {
                 addr: control_addr.clone(),
                 name: st.node_id.clone(),
             },
-            StoreConfig::default(),
+            store_config(),
             Arc::new(RaftNet {
                 transport: Arc::clone(&active.transport),
             }),
