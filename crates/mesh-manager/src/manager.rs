@@ -1028,10 +1028,72 @@ pub fn network_map(s: &ClusterState, node_id: &str) -> rpc::NetworkMap {
             network: n.clone(),
             endpoints,
             nodes,
+            dns: dns_entries(s, &n.id),
         });
     }
     rpc::NetworkMap {
         version: s.network_version,
         networks,
     }
+}
+
+/// The names tasks on network `network_id` resolve: services (and their aliases) with their
+/// VIP and serving tasks, task names, standalone containers.
+pub fn dns_entries(s: &ClusterState, network_id: &str) -> Vec<rpc::DnsEntry> {
+    use mesh_api::EndpointMode;
+    let mut out = Vec::new();
+    for svc in s.services.values() {
+        let Some(att) = svc
+            .spec
+            .task_template
+            .networks
+            .iter()
+            .find(|n| n.target == network_id)
+        else {
+            continue;
+        };
+        let vip = match svc.spec.endpoint_spec.mode {
+            EndpointMode::Vip => svc
+                .virtual_ips
+                .iter()
+                .find(|v| v.network_id == network_id)
+                .map(|v| v.addr),
+            EndpointMode::Dnsrr => None,
+        };
+        let mut tasks: Vec<std::net::Ipv4Addr> = s
+            .tasks
+            .values()
+            .filter(|t| t.service_id == svc.id && t.is_serving())
+            .filter_map(|t| t.networks.iter().find(|a| a.network_id == network_id))
+            .map(|a| a.ip)
+            .collect();
+        tasks.sort();
+        for name in std::iter::once(&svc.spec.name).chain(att.aliases.iter()) {
+            out.push(rpc::DnsEntry::Service {
+                name: name.clone(),
+                vip,
+                tasks: tasks.clone(),
+            });
+        }
+    }
+    for t in s.tasks.values().filter(|t| {
+        t.desired_state == mesh_api::TaskState::Running && !t.status.state.is_terminal()
+    }) {
+        let Some(a) = t.networks.iter().find(|a| a.network_id == network_id) else {
+            continue;
+        };
+        out.push(rpc::DnsEntry::Host {
+            name: t.container_name(),
+            ip: a.ip,
+        });
+        if t.service_id.is_empty() {
+            for alias in &a.aliases {
+                out.push(rpc::DnsEntry::Host {
+                    name: alias.clone(),
+                    ip: a.ip,
+                });
+            }
+        }
+    }
+    out
 }

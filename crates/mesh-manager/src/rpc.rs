@@ -184,6 +184,31 @@ pub struct NetworkAssignment {
     pub endpoints: Vec<Endpoint>,
     /// Every node serving an endpoint of the network.
     pub nodes: Vec<PeerNode>,
+    /// The names this network's tasks resolve (embedded DNS).
+    #[serde(default)]
+    pub dns: Vec<DnsEntry>,
+}
+
+/// A name on a network, as the embedded DNS answers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DnsEntry {
+    /// A service (or one of its aliases): `NAME` → its VIP, or its tasks without one
+    /// (endpoint mode dnsrr); `tasks.NAME` → its running, healthy tasks.
+    Service {
+        /// Service name or alias.
+        name: String,
+        /// Its VIP on this network (none for dnsrr).
+        vip: Option<Ipv4Addr>,
+        /// Addresses of its serving tasks on this network.
+        tasks: Vec<Ipv4Addr>,
+    },
+    /// One address: a task (`NAME.SLOT.TASKID`) or a standalone container (by name).
+    Host {
+        /// The name.
+        name: String,
+        /// Its address on this network.
+        ip: Ipv4Addr,
+    },
 }
 
 /// `network_map` answer.

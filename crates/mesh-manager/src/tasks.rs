@@ -530,9 +530,17 @@ impl ClusterState {
         if state <= t.desired_state {
             return;
         }
+        let was_serving = t.is_serving() && !t.networks.is_empty();
         t.desired_state = state;
         t.version = index;
         t.updated_at = now;
+        if was_serving {
+            // Out of DNS answers (and load balancing) before it stops.
+            self.network_version += 1;
+        }
+        let Some(t) = self.tasks.get_mut(task_id) else {
+            return;
+        };
         // A task no node ever got ends here.
         if t.node_id.is_empty() && state > TaskState::Running && !t.status.state.is_terminal() {
             t.status = TaskStatus {
@@ -556,9 +564,17 @@ impl ClusterState {
             return;
         }
         let terminal = status.state.is_terminal();
+        let was_serving = t.is_serving();
         t.status = status;
         t.version = index;
         t.updated_at = t.status.timestamp;
+        if was_serving != t.is_serving() && !t.networks.is_empty() {
+            // Started, turned healthy or unhealthy, or ended: DNS answers change.
+            self.network_version += 1;
+        }
+        let Some(t) = self.tasks.get(task_id) else {
+            return;
+        };
         let remove = terminal && t.desired_state == TaskState::Remove;
         if terminal {
             self.release_task_networks(task_id);

@@ -48,6 +48,8 @@ pub struct Prepared {
     pub netns: PathBuf,
     /// Its host name.
     pub hostname: String,
+    /// Whether it resolves through the embedded DNS at 127.0.0.11.
+    pub dns: bool,
 }
 
 /// This node's images and containers.
@@ -159,7 +161,7 @@ impl Engine {
             pids: None,
         };
         cfg.netns = Some(prepared.netns.clone());
-        cfg.resolv_conf = Some(resolv_conf());
+        cfg.resolv_conf = Some(resolv_conf(prepared.dns));
         let mut names = vec![prepared.hostname.clone()];
         if !task.service_id.is_empty() {
             names.push(task.container_name());
@@ -347,9 +349,23 @@ fn read_log(path: &Path, q: LogsQuery) -> anyhow::Result<LogChunk> {
     })
 }
 
-/// The resolver configuration tasks get: the host's.
-fn resolv_conf() -> String {
-    std::fs::read_to_string("/etc/resolv.conf").unwrap_or_else(|_| "nameserver 127.0.0.1\n".into())
+/// The resolver configuration a task gets: the embedded DNS (which forwards to the host's
+/// resolvers) with the host's search domains, or, for a task on no network, the host's own.
+fn resolv_conf(embedded: bool) -> String {
+    let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    if !embedded {
+        return host;
+    }
+    let mut out = String::from("nameserver 127.0.0.11\n");
+    for line in host.lines() {
+        let l = line.trim_start();
+        if l.starts_with("search ") || l.starts_with("domain ") {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out.push_str("options ndots:0\n");
+    out
 }
 
 #[cfg(test)]

@@ -307,6 +307,15 @@ impl Executor {
         match self.engine.run_state(id).await {
             RunState::Running { pid } => {
                 info!(task = %id, pid, "re-adopted a running container");
+                let netns = mesh_sandbox::netns_path(&self.active.net().task_netns_name(id));
+                let _dns = if task.networks.is_empty() {
+                    None
+                } else {
+                    self.serve_dns(task, &netns)
+                        .await
+                        .map_err(|e| warn!(task = %id, error = format!("{e:#}"), "no DNS for a re-adopted task"))
+                        .ok()
+                };
                 if task.status.state < TaskState::Running {
                     let mut st = self.status(TaskState::Running, "started");
                     st.pid = pid;
@@ -341,7 +350,22 @@ impl Executor {
             return Some(st);
         }
         let netns = mesh_sandbox::netns_path(&self.active.net().task_netns_name(id));
+        // The task's resolver at 127.0.0.11, answering for its networks; it lives as long as
+        // this controller drives the task.
+        let _dns = if task.networks.is_empty() {
+            None
+        } else {
+            match self.serve_dns(task, &netns).await {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    let mut st = self.status(TaskState::Rejected, "rejected");
+                    st.err = format!("dns: {e:#}");
+                    return Some(st);
+                }
+            }
+        };
         let prepared = Prepared {
+            dns: !task.networks.is_empty(),
             netns,
             hostname: task
                 .spec
@@ -524,6 +548,28 @@ impl Executor {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Binds 127.0.0.11:53 (UDP and TCP) in the task's namespace and serves its networks'
+    /// names there.
+    async fn serve_dns(
+        &self,
+        task: &Task,
+        netns: &std::path::Path,
+    ) -> anyhow::Result<mesh_dns::EndpointHandle> {
+        let path = netns.to_path_buf();
+        let (udp, tcp) = tokio::task::spawn_blocking(move || {
+            mesh_sandbox::run_in_netns(&path, || -> std::io::Result<_> {
+                let addr = std::net::SocketAddr::from(([127, 0, 0, 11], 53));
+                Ok((
+                    std::net::UdpSocket::bind(addr)?,
+                    std::net::TcpListener::bind(addr)?,
+                ))
+            })
+        })
+        .await???;
+        let networks: Vec<String> = task.networks.iter().map(|a| a.network_id.clone()).collect();
+        Ok(self.active.net().resolver().serve(networks, udp, tcp)?)
     }
 
     async fn delete_netns(&self, task_id: &str) {

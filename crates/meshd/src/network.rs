@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use mesh_manager::rpc::NetworkMap;
@@ -19,6 +19,9 @@ use crate::netplan;
 pub struct NetRuntime {
     node_id: String,
     prefix: String,
+    /// The tasks' embedded DNS resolver (its threads live in the host's namespace, so
+    /// forwarded queries leave from here).
+    resolver: mesh_dns::Resolver,
     overlay: Mutex<Option<Overlay>>,
     keys: Mutex<BTreeMap<String, KeyPair>>,
     keys_path: PathBuf,
@@ -49,9 +52,18 @@ impl NetRuntime {
             sandbox_prefix: prefix.clone(),
         })
         .with_context(|| format!("starting the overlay on UDP port {data_port} (--data-port)"))?;
+        let upstreams = std::fs::read_to_string("/etc/resolv.conf")
+            .map(|t| mesh_dns::upstreams_from_resolv_conf(&t))
+            .unwrap_or_default();
+        let resolver = mesh_dns::Resolver::new(mesh_dns::ResolverConfig {
+            upstreams,
+            ..mesh_dns::ResolverConfig::default()
+        })
+        .context("starting the embedded DNS resolver")?;
         Ok(Self {
             node_id: node_id.to_string(),
             prefix,
+            resolver,
             overlay: Mutex::new(Some(overlay)),
             keys: Mutex::new(keys),
             keys_path,
@@ -65,6 +77,11 @@ impl NetRuntime {
     /// and the task ID's first 12 characters (never `PREFIX-…`, which names sandboxes).
     pub fn task_netns_name(&self, task_id: &str) -> String {
         format!("{}t{}", self.prefix, task_id.get(..12).unwrap_or(task_id))
+    }
+
+    /// The embedded DNS resolver.
+    pub fn resolver(&self) -> &mesh_dns::Resolver {
+        &self.resolver
     }
 
     /// The map version last applied.
@@ -144,6 +161,7 @@ impl NetRuntime {
                 mesh_sandbox::netns_path(&self.task_netns_name(t))
             })
         };
+        self.resolver.set_table(Arc::new(dns_table(map)));
         self.apply_plan(&planned.plan)?;
         self.applied_version.store(map.version, Ordering::SeqCst);
         Ok(planned.stale)
@@ -222,4 +240,28 @@ pub fn data_endpoint(advertise: &str, data_port: u16) -> Option<SocketAddr> {
         .parse::<std::net::IpAddr>()
         .ok()
         .map(|ip| SocketAddr::new(ip, data_port))
+}
+
+/// The embedded DNS table of a network map: each network's services, tasks and containers.
+pub fn dns_table(map: &NetworkMap) -> mesh_dns::Table {
+    use mesh_manager::rpc::DnsEntry;
+    use std::net::IpAddr;
+    let mut b = mesh_dns::Table::builder();
+    for a in &map.networks {
+        let net = &a.network.id;
+        for e in &a.dns {
+            let res = match e {
+                DnsEntry::Service { name, vip, tasks } => {
+                    let ips: Vec<IpAddr> = tasks.iter().map(|ip| IpAddr::V4(*ip)).collect();
+                    b.add_service(net, name, vip.map(IpAddr::V4), &ips)
+                        .map(|_| ())
+                }
+                DnsEntry::Host { name, ip } => b.add_ip(net, name, IpAddr::V4(*ip)).map(|_| ()),
+            };
+            if let Err(e) = res {
+                tracing::debug!(network = %net, error = %e, "a name the DNS table cannot hold");
+            }
+        }
+    }
+    b.build()
 }
