@@ -256,3 +256,174 @@ fn tasks_resolve_services_of_their_networks() {
     );
     assert_eq!(dig(&ns, "web", "A").1, BTreeSet::from([vip]));
 }
+
+/// A one-name upstream resolver in python: `example.test` A → 203.0.113.7; NXDOMAIN else.
+const UPSTREAM: &str = r#"
+import socket, struct
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", 5300))
+while True:
+    q, a = s.recvfrom(4096)
+    if len(q) < 12: continue
+    i = 12
+    labels = []
+    while q[i] != 0:
+        labels.append(q[i+1:i+1+q[i]].decode().lower()); i += 1 + q[i]
+    qend = i + 5
+    name = ".".join(labels)
+    qtype = struct.unpack(">H", q[i+1:i+3])[0]
+    if name == "example.test":
+        ans = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 30, 4) + bytes([203, 0, 113, 7]) if qtype == 1 else b""
+        flags, n = 0x8180, (1 if qtype == 1 else 0)
+    else:
+        ans, flags, n = b"", 0x8183, 0
+    s.sendto(q[:2] + struct.pack(">HHHHH", flags, 1, n, 0, 0) + q[12:qend] + ans, a)
+"#;
+
+struct Upstreams(Vec<std::process::Child>);
+impl Drop for Upstreams {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn forwarding_truncation_and_a_node_cut_off() {
+    if !can_run() {
+        return;
+    }
+    let lab = mesh_testkit::Lab::start(mesh_testkit::LabOptions {
+        hosts: 3,
+        meshd_args: vec!["--dns-upstream".into(), "127.0.0.1:5300".into()],
+        client: false,
+        dir: None,
+    })
+    .unwrap();
+    let mut upstreams = Upstreams(Vec::new());
+    for i in 1..=3 {
+        let child = std::process::Command::new("nsenter")
+            .arg(format!("--net={}", lab.netns_path(i).display()))
+            .args(["python3", "-c", UPSTREAM])
+            .spawn()
+            .unwrap();
+        upstreams.0.push(child);
+    }
+    form_cluster(&lab, 3);
+    let image = test_image();
+    for i in 1..=3 {
+        ok(&lab, i, &["image", "load", "-i", &image]);
+    }
+    ok(
+        &lab,
+        1,
+        &[
+            "network",
+            "create",
+            "-d",
+            "overlay",
+            "--attachable",
+            "appnet",
+        ],
+    );
+    ok(
+        &lab,
+        1,
+        &[
+            "service",
+            "create",
+            "--name",
+            "many",
+            "--replicas",
+            "36",
+            "--network",
+            "appnet",
+            "meshd-test:latest",
+        ],
+    );
+    let many = wait_running(&lab, "many", 36);
+    let ns = task_ns(&lab, &many[0]);
+
+    // Other names go to the host's upstream.
+    let (st, ips) = dig(&ns, "example.test", "A");
+    assert_eq!(
+        (st.as_str(), ips),
+        ("NOERROR", BTreeSet::from(["203.0.113.7".to_string()]))
+    );
+    let (st, _) = dig(&ns, "nothing.test", "A");
+    assert_eq!(st, "NXDOMAIN");
+
+    // 36 addresses do not fit 512 bytes: truncated over UDP, complete over TCP.
+    lab.wait_until("36 addresses in tasks.many", CONVERGE, || {
+        (dig(&ns, "tasks.many", "A").1 == ips_of(&many)).then_some(())
+    })
+    .unwrap();
+    let out = in_netns(
+        &ns,
+        &[
+            "dig",
+            "@127.0.0.11",
+            "+noedns",
+            "+tries=1",
+            "+time=3",
+            "tasks.many",
+            "A",
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Truncated, retrying in TCP mode"), "{text}");
+    assert_eq!(text.matches("IN\tA\t").count(), 36, "{text}");
+
+    // An unreachable upstream: SERVFAIL, quickly.
+    for mut c in std::mem::take(&mut upstreams.0) {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let (st, _) = dig(&ns, "other.test", "A");
+    assert_eq!(st, "SERVFAIL");
+
+    // A node cut off long enough to be marked down, and back: the names its containers
+    // see are right again by themselves (a standalone container: nothing replaces it).
+    let id = ok(
+        &lab,
+        3,
+        &[
+            "run",
+            "-d",
+            "--network",
+            "appnet",
+            "--name",
+            "probe",
+            "meshd-test:latest",
+        ],
+    );
+    let ns3 = format!(
+        "/var/run/netns/{}t{}",
+        lab.sandbox_prefix(3),
+        &id.trim()[..12]
+    );
+    lab.wait_until("the probe resolves", CONVERGE, || {
+        (dig(&ns3, "tasks.many", "A").1 == ips_of(&running(&lab, "many"))).then_some(())
+    })
+    .unwrap();
+    lab.partition(&[3], &[1, 2]).unwrap();
+    lab.wait_until("host3 marked down", CONVERGE, || {
+        nodes(&lab, 1)?
+            .into_iter()
+            .any(|n| {
+                n.description.hostname == "host3" && n.status.state == mesh_api::NodeState::Down
+            })
+            .then_some(())
+    })
+    .unwrap();
+    ok(&lab, 1, &["service", "scale", "many=4"]);
+    wait_running(&lab, "many", 4);
+    lab.heal().unwrap();
+    lab.wait_until("host3's container sees the current tasks", CONVERGE, || {
+        let want = ips_of(&running(&lab, "many"));
+        (want.len() == 4 && dig(&ns3, "tasks.many", "A").1 == want).then_some(())
+    })
+    .unwrap();
+}

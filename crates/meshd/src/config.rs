@@ -40,6 +40,10 @@ pub struct Flags {
     /// letters or digits) [default: msb + the first 8 characters of the node ID]
     #[arg(long)]
     pub sandbox_prefix: Option<String>,
+    /// Resolver the tasks' embedded DNS forwards other names to, IP or IP:PORT (repeat for
+    /// several) [default: the nameservers of /etc/resolv.conf]
+    #[arg(long = "dns-upstream", value_name = "ADDR")]
+    pub dns_upstream: Vec<String>,
 }
 
 /// The TOML file: the same keys as the flags.
@@ -54,6 +58,7 @@ pub struct FileConfig {
     hostname: Option<String>,
     remote_api_addr: Option<String>,
     sandbox_prefix: Option<String>,
+    dns_upstream: Option<Vec<String>>,
 }
 
 /// The effective, validated configuration.
@@ -75,6 +80,8 @@ pub struct Config {
     pub remote_api_addr: Option<SocketAddr>,
     /// Prefix of overlay sandbox namespaces, if set.
     pub sandbox_prefix: Option<String>,
+    /// Upstream resolvers of the embedded DNS (empty: those of /etc/resolv.conf).
+    pub dns_upstreams: Vec<SocketAddr>,
 }
 
 /// A configuration value that is wrong; the message names the key and the fix.
@@ -221,7 +228,30 @@ impl Config {
                 fix: "use 1 to 16 lowercase letters or digits",
             });
         }
+        let upstream_strings = if flags.dns_upstream.is_empty() {
+            file.dns_upstream.unwrap_or_default()
+        } else {
+            flags.dns_upstream
+        };
+        let mut dns_upstreams = Vec::new();
+        for u in upstream_strings {
+            let addr = u
+                .parse::<SocketAddr>()
+                .or_else(|_| u.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)));
+            match addr {
+                Ok(a) => dns_upstreams.push(a),
+                Err(_) => {
+                    return Err(ConfigError::Invalid {
+                        key: "--dns-upstream",
+                        value: u,
+                        problem: "is not an IP address or IP:PORT",
+                        fix: "give e.g. 192.0.2.53 or 192.0.2.53:53",
+                    });
+                }
+            }
+        }
         Ok(Config {
+            dns_upstreams,
             sandbox_prefix,
             data_dir: flags
                 .data_dir

@@ -326,6 +326,7 @@ impl Daemon {
                 &self.cfg.data_dir,
                 self.cfg.data_port,
                 self.cfg.sandbox_prefix.as_deref(),
+                &self.cfg.dns_upstreams,
             )
             .context("starting the overlay data plane")?,
         );

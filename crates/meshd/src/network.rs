@@ -43,6 +43,7 @@ impl NetRuntime {
         data_dir: &Path,
         data_port: u16,
         prefix: Option<&str>,
+        dns_upstreams: &[SocketAddr],
     ) -> anyhow::Result<Self> {
         let keys_path = data_dir.join("overlay-keys.json");
         let keys = load_keys(&keys_path)?;
@@ -52,9 +53,13 @@ impl NetRuntime {
             sandbox_prefix: prefix.clone(),
         })
         .with_context(|| format!("starting the overlay on UDP port {data_port} (--data-port)"))?;
-        let upstreams = std::fs::read_to_string("/etc/resolv.conf")
-            .map(|t| mesh_dns::upstreams_from_resolv_conf(&t))
-            .unwrap_or_default();
+        let upstreams = if dns_upstreams.is_empty() {
+            std::fs::read_to_string("/etc/resolv.conf")
+                .map(|t| mesh_dns::upstreams_from_resolv_conf(&t))
+                .unwrap_or_default()
+        } else {
+            dns_upstreams.to_vec()
+        };
         let resolver = mesh_dns::Resolver::new(mesh_dns::ResolverConfig {
             upstreams,
             ..mesh_dns::ResolverConfig::default()
