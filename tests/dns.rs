@@ -207,6 +207,48 @@ fn tasks_resolve_services_of_their_networks() {
     })
     .unwrap();
 
+    // Health: a task is in tasks.NAME only once it passes its health check.
+    ok(
+        &lab,
+        1,
+        &[
+            "service",
+            "create",
+            "--name",
+            "hc",
+            "--replicas",
+            "2",
+            "--network",
+            "appnet",
+            "--health-cmd",
+            "test -f /tmp/ok",
+            "--health-interval",
+            "300ms",
+            "--health-retries",
+            "1000",
+            "meshd-test:latest",
+        ],
+    );
+    let hc = wait_running(&lab, "hc", 2);
+    let ips = lab
+        .wait_until("tasks.hc known", CONVERGE, || {
+            let (st, ips) = dig(&ns, "tasks.hc", "A");
+            (st == "NOERROR").then_some(ips)
+        })
+        .unwrap();
+    assert!(ips.is_empty(), "unhealthy tasks answered: {ips:?}");
+    let pid = hc[0].status.pid.to_string();
+    let touched = std::process::Command::new("nsenter")
+        .args(["-t", &pid, "-m", "touch", "/tmp/ok"])
+        .status()
+        .unwrap();
+    assert!(touched.success());
+    lab.wait_until("the healthy task answers", CONVERGE, || {
+        (dig(&ns, "tasks.hc", "A").1 == BTreeSet::from([hc[0].networks[0].ip.to_string()]))
+            .then_some(())
+    })
+    .unwrap();
+
     // busybox nslookup inside a standalone container on the attachable network.
     let out = lab.swarm(
         1,
