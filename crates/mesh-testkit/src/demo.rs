@@ -332,6 +332,19 @@ pub fn service_steps(lab: &Lab, image: &str) -> Vec<Step> {
         ],
     ));
     steps.push(Step::swarm("Their output", 1, &["service", "logs", "web"]));
+    steps.push(Step::swarm(
+        "From inside a container on appnet, tasks.web resolves to every task (embedded DNS)",
+        1,
+        &[
+            "run",
+            "--rm",
+            "--network",
+            "appnet",
+            "meshd-test:latest",
+            "nslookup",
+            "tasks.web",
+        ],
+    ));
     steps
 }
 
