@@ -1,5 +1,6 @@
 //! What must be undone if the benchmark is interrupted (Ctrl-C, SIGTERM): the labs it
-//! started and the reference processes it spawned, by PID.
+//! started, the reference processes it spawned, by PID, and the reference clusters that
+//! know how to stop themselves ([`Teardown`]).
 //!
 //! Normal runs clean up through `Drop` ([`mesh_testkit::Lab`], [`crate::etcd::EtcdCluster`]);
 //! a signal ends the process without running destructors, so everything is registered here
@@ -13,14 +14,22 @@ use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
+/// Something that stops what it started, callable from the signal thread while in use.
+pub trait Teardown: Send + Sync {
+    /// Stops everything; idempotent.
+    fn teardown(&self);
+}
+
 struct Registry {
     labs: Vec<Weak<Lab>>,
     pids: Vec<u32>,
+    hooks: Vec<Weak<dyn Teardown>>,
 }
 
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
     labs: Vec::new(),
     pids: Vec::new(),
+    hooks: Vec::new(),
 });
 
 fn registry() -> std::sync::MutexGuard<'static, Registry> {
@@ -34,6 +43,13 @@ pub fn register_lab(lab: &Arc<Lab>) {
     r.labs.push(Arc::downgrade(lab));
 }
 
+/// Tears `t` down on interruption (while it is alive), before the labs.
+pub fn register(t: Weak<dyn Teardown>) {
+    let mut r = registry();
+    r.hooks.retain(|w| w.strong_count() > 0);
+    r.hooks.push(t);
+}
+
 /// SIGKILLs `pid` on interruption, until [`forget_pid`].
 pub fn track_pid(pid: u32) {
     registry().pids.push(pid);
@@ -44,13 +60,21 @@ pub fn forget_pid(pid: u32) {
     registry().pids.retain(|p| *p != pid);
 }
 
-/// Kills every tracked process and tears down every registered lab (which also kills what
-/// runs in its namespaces and removes its directory).
+/// Tears down every registered [`Teardown`], kills every tracked process and tears down
+/// every registered lab (which also kills what runs in its namespaces and removes its
+/// directory).
 pub fn run() {
-    let (pids, labs) = {
+    let (pids, labs, hooks) = {
         let mut r = registry();
-        (std::mem::take(&mut r.pids), std::mem::take(&mut r.labs))
+        (
+            std::mem::take(&mut r.pids),
+            std::mem::take(&mut r.labs),
+            std::mem::take(&mut r.hooks),
+        )
     };
+    for h in hooks.iter().filter_map(Weak::upgrade) {
+        h.teardown();
+    }
     let pids: Vec<Pid> = pids
         .into_iter()
         .filter_map(|p| i32::try_from(p).ok().map(Pid::from_raw))

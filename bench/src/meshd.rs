@@ -13,12 +13,15 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::http::{Endpoint, request_json};
-use crate::{BenchError, cleanup, netns};
+use crate::{BenchError, cleanup, kill, netns};
 
 /// Longest a setup request (init, join, promote) may take.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest a probe request (info, node inspect) may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long [`MeshdCluster::kill_host`] keeps killing what is left of a host.
+const KILL_HOST_SWEEP: Duration = Duration::from_secs(2);
 
 /// A meshd cluster: hosts `1..=managers` are managers (voters), the others workers.
 pub struct MeshdCluster {
@@ -142,14 +145,15 @@ impl MeshdCluster {
         self.host_of(&raft.leader_node_id?)
     }
 
-    fn host_of(&self, node_id: &str) -> Option<usize> {
+    /// The host whose node has ID `node_id`.
+    pub fn host_of(&self, node_id: &str) -> Option<usize> {
         self.ids
             .iter()
             .find_map(|(h, id)| (id == node_id).then_some(*h))
     }
 
-    /// One API request to host `i`'s daemon.
-    fn api<T, B>(
+    /// One API request to host `i`'s daemon, on a fresh connection, bounded by `timeout`.
+    pub fn api<T, B>(
         &self,
         i: usize,
         method: Method,
@@ -262,6 +266,23 @@ impl MeshdCluster {
     pub fn kill(&self, i: usize) -> Instant {
         let t = Instant::now();
         self.lab.kill(i);
+        t
+    }
+
+    /// SIGKILLs host `i` as a whole, the way a host that loses its power looks from the
+    /// others: its meshd and every process in its network namespace or in the namespaces its
+    /// meshd made for its tasks and sandboxes (the containers and their shims), and their
+    /// descendants, all at once (see [`crate::kill`]). Returns the instant just before the
+    /// first signal. The namespaces stay, with nothing in them, until the daemon cleans up
+    /// after a restart or the lab goes.
+    pub fn kill_host(&self, i: usize) -> Instant {
+        let mut namespaces = kill::named_netns(&self.lab.sandbox_prefix(i));
+        namespaces.extend(kill::netns_id(&self.lab.netns_path(i)));
+        let t = Instant::now();
+        let killed = kill::kill_host(&namespaces, KILL_HOST_SWEEP);
+        // Reaps the daemon (already dead) and forgets it.
+        self.lab.kill(i);
+        tracing::info!(host = i, killed, "host killed");
         t
     }
 
