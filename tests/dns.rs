@@ -168,6 +168,14 @@ fn tasks_resolve_services_of_their_networks() {
     // From a task of web and from a task of db (on other hosts, usually).
     for from in [&web[0], &db[0]] {
         let ns = task_ns(&lab, from);
+        // The node learns names with its next network map (a heartbeat period away).
+        lab.wait_until("the node's names caught up", CONVERGE, || {
+            (dig(&ns, "db", "A").1 == ips_of(&db)
+                && dig(&ns, "tasks.web", "A").1 == ips_of(&web)
+                && dig(&ns, "hidden", "A").0 == "NXDOMAIN")
+                .then_some(())
+        })
+        .unwrap();
         let (st, ips) = dig(&ns, "web", "A");
         assert_eq!(
             (st.as_str(), ips.clone()),
