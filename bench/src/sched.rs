@@ -6,7 +6,7 @@
 //! 32 CPUs with 2 GiB of memory per CPU), all ready and active; `services` replicated
 //! services of `replicas` tasks each, where every tenth service is constrained to zone a,
 //! every tenth reserves 0.05 CPU and 32 MiB per task, and every tenth runs at most 2 tasks per
-//! node (the shape of `mesh-orchestrator`'s `schedbench` example).
+//! node.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

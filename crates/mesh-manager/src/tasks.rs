@@ -330,17 +330,8 @@ impl ClusterState {
             return reject(RejectKind::NotFound, format!("no such service: {id}"));
         };
         if rollback {
-            let current = std::mem::replace(&mut svc.spec, spec);
-            let current_version = svc.spec_version;
-            svc.spec_version = svc.previous_spec_version.max(current_version) + 1;
-            svc.previous_spec = Some(current);
-            svc.previous_spec_version = current_version;
-            svc.update_status = Some(UpdateStatus {
-                state: UpdateState::RollbackStarted,
-                started_at: now,
-                completed_at: 0,
-                message: "manually requested rollback".into(),
-            });
+            // The previous spec exists (checked above); its resolved copy was just validated.
+            mesh_orchestrator::roll_back(svc, "manually requested rollback".into(), now);
         } else if template_changed {
             let current = std::mem::replace(&mut svc.spec, spec);
             svc.previous_spec = Some(current);
@@ -725,20 +716,9 @@ impl ClusterState {
                     let Some(s) = self.services.get_mut(&service_id) else {
                         continue;
                     };
-                    let Some(prev) = s.previous_spec.take() else {
+                    if !mesh_orchestrator::roll_back(s, message, now) {
                         continue;
-                    };
-                    let current = std::mem::replace(&mut s.spec, prev);
-                    let current_version = s.spec_version;
-                    s.spec_version = s.previous_spec_version.max(current_version) + 1;
-                    s.previous_spec = Some(current);
-                    s.previous_spec_version = current_version;
-                    s.update_status = Some(UpdateStatus {
-                        state: UpdateState::RollbackStarted,
-                        started_at: now,
-                        completed_at: 0,
-                        message,
-                    });
+                    }
                     s.version = index;
                     s.updated_at = now;
                 }

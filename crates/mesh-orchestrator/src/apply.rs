@@ -45,24 +45,34 @@ pub fn apply(plan: &Plan, services: &mut [Service], tasks: &mut Vec<Task>, now_m
                 s.update_status = status.clone();
             }
             ServiceChange::Rollback { message, .. } => {
-                let Some(previous) = s.previous_spec.take() else {
+                if !roll_back(s, message.clone(), now_ms) {
                     continue;
-                };
-                let failed = std::mem::replace(&mut s.spec, previous);
-                s.previous_spec = Some(failed);
-                s.previous_spec_version = s.spec_version;
-                s.spec_version += 1;
-                s.update_status = Some(UpdateStatus {
-                    state: UpdateState::RollbackStarted,
-                    started_at: now_ms,
-                    completed_at: 0,
-                    message: message.clone(),
-                });
+                }
             }
         }
         s.version += 1;
         s.updated_at = now_ms;
     }
+}
+
+/// Rolls `s` back to its previous spec: `spec` ← `previous_spec` (the current one becomes the
+/// previous), a new spec version, and `update_status` ← `rollback_started` at `now_ms` with
+/// `message`. False, and nothing changed, when there is no previous spec.
+pub fn roll_back(s: &mut Service, message: String, now_ms: u64) -> bool {
+    let Some(previous) = s.previous_spec.take() else {
+        return false;
+    };
+    let current = std::mem::replace(&mut s.spec, previous);
+    s.previous_spec = Some(current);
+    s.previous_spec_version = s.spec_version;
+    s.spec_version += 1;
+    s.update_status = Some(UpdateStatus {
+        state: UpdateState::RollbackStarted,
+        started_at: now_ms,
+        completed_at: 0,
+        message,
+    });
+    true
 }
 
 /// Applies one change; whether it changed the task.

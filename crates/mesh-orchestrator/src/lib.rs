@@ -20,7 +20,7 @@ pub mod scheduler;
 use mesh_api::{DEFAULT_TASK_HISTORY, Node, Service, Task, TaskState, UpdateStatus};
 use serde::{Deserialize, Serialize};
 
-pub use apply::apply;
+pub use apply::{apply, roll_back};
 pub use scheduler::{Decision, HostPort, Request, Scheduler, schedule};
 
 /// How long a node may stay down before the tasks it still runs are marked orphaned

@@ -1003,7 +1003,7 @@ fn address_pools(req: &InitRequest) -> Result<(Vec<ipnet::Ipv4Net>, u8), ErrorBo
 }
 
 /// Maps an error of a manager call to an API error.
-fn remote_err(e: mesh_transport::CallError) -> ErrorBody {
+pub(crate) fn remote_err(e: mesh_transport::CallError) -> ErrorBody {
     match e {
         mesh_transport::CallError::Remote(r) => {
             let kind = match r.code.as_str() {
@@ -1011,7 +1011,9 @@ fn remote_err(e: mesh_transport::CallError) -> ErrorBody {
                 codes::NO_QUORUM | codes::NOT_LEADER => ErrorKind::NoQuorum,
                 codes::NOT_FOUND => ErrorKind::NotFound,
                 codes::CONFLICT => ErrorKind::Conflict,
-                codes::FAILED_PRECONDITION => ErrorKind::FailedPrecondition,
+                codes::FAILED_PRECONDITION | codes::PERMISSION_DENIED => {
+                    ErrorKind::FailedPrecondition
+                }
                 _ => ErrorKind::Internal,
             };
             api_err(kind, r.message)

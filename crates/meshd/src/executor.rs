@@ -34,6 +34,8 @@ pub struct Executor {
     active: Arc<Active>,
     hostname: String,
     controllers: Mutex<HashMap<String, Controller>>,
+    /// The task IDs of the last assignments answer.
+    last_assigned: Mutex<HashSet<String>>,
     reports: mpsc::UnboundedSender<TaskStatusUpdate>,
     sync_requested: watch::Sender<u64>,
     sync_done: watch::Sender<u64>,
@@ -53,6 +55,7 @@ impl Executor {
             active,
             hostname,
             controllers: Mutex::new(HashMap::new()),
+            last_assigned: Mutex::new(HashSet::new()),
             reports: tx,
             sync_requested: watch::channel(0).0,
             sync_done: watch::channel(0).0,
@@ -238,7 +241,18 @@ impl Executor {
             tokio::spawn(async move { me.run_task(t, rx).await });
         }
         // Containers on disk with no task at all: left over from a task deleted while this
-        // node was away.
+        // node was away (looked for at the start), or a finished task the managers dropped.
+        let dropped = match self.last_assigned.lock() {
+            Ok(mut last) => {
+                let dropped = last.iter().any(|id| !assigned.contains(id));
+                *last = assigned.clone();
+                dropped
+            }
+            Err(_) => true,
+        };
+        if !first && !dropped {
+            return;
+        }
         let engine = Arc::clone(&self.engine);
         let orphans: Vec<String> = match engine.container_ids().await {
             Ok(ids) => ids

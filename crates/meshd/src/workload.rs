@@ -7,7 +7,7 @@ use mesh_api::api::{ErrorBody, ErrorKind, ImageSummary, LogChunk, LogsQuery, Run
 use mesh_api::{Task, TaskState};
 use mesh_manager::rpc;
 
-use crate::daemon::Daemon;
+use crate::daemon::{Daemon, remote_err};
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -20,28 +20,6 @@ fn not_in_swarm() -> ErrorBody {
         ErrorKind::NotManager,
         "This node is not part of a swarm. Use \"swarm init\" or \"swarm join\" first.",
     )
-}
-
-fn remote(e: mesh_transport::CallError) -> ErrorBody {
-    match e {
-        mesh_transport::CallError::Remote(r) => {
-            let kind = match r.code.as_str() {
-                rpc::codes::NOT_FOUND => ErrorKind::NotFound,
-                rpc::codes::CONFLICT => ErrorKind::Conflict,
-                rpc::codes::FAILED_PRECONDITION | rpc::codes::PERMISSION_DENIED => {
-                    ErrorKind::FailedPrecondition
-                }
-                rpc::codes::INVALID => ErrorKind::InvalidArgument,
-                rpc::codes::NO_QUORUM => ErrorKind::NoQuorum,
-                _ => ErrorKind::Internal,
-            };
-            err(kind, r.message)
-        }
-        other => err(
-            ErrorKind::NotManager,
-            format!("no manager reachable: {other}"),
-        ),
-    }
 }
 
 impl Daemon {
@@ -130,7 +108,7 @@ impl Daemon {
         let reply = active
             .call_manager(rpc::RUN, body, CALL_TIMEOUT)
             .await
-            .map_err(remote)?;
+            .map_err(remote_err)?;
         serde_json::from_slice(&reply).map_err(|e| err(ErrorKind::Internal, e.to_string()))
     }
 
@@ -172,7 +150,7 @@ impl Daemon {
         active
             .call_manager(rpc::CONTAINER_DESIRED, body, CALL_TIMEOUT)
             .await
-            .map_err(remote)?;
+            .map_err(remote_err)?;
         Ok(())
     }
 
