@@ -13,6 +13,8 @@ set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 out="${1:-$repo/target/images/meshd-test.tar}"
+# The archive is written from inside a work directory: make a relative path absolute.
+case "$out" in /*) ;; *) out="$PWD/$out" ;; esac
 
 if [ ! -x /bin/busybox ] || ! /bin/busybox --list >/dev/null 2>&1; then
     if [ "$(id -u)" -ne 0 ]; then
