@@ -1,0 +1,1 @@
+//! The eBPF data path.

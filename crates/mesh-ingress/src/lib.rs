@@ -1,0 +1,17 @@
+//! The routing mesh of meshd: published ports open on every node, each new connection (or
+//! UDP flow) going round-robin to a healthy task anywhere in the cluster, and service VIPs
+//! balanced over the healthy tasks for the tasks of a network.
+//!
+//! meshd builds a [`MeshPlan`] from the network map and hands it to a data path. Two data
+//! paths have the same behaviour:
+//! - the eBPF path ([`ebpf`]): programs in C under `ebpf/` compiled by clang, loaded with
+//!   aya;
+//! - the userspace twin ([`userspace`]): tokio listeners, TCP relayed with `splice(2)`.
+
+pub mod ebpf;
+mod error;
+pub mod plan;
+pub mod userspace;
+
+pub use error::IngressError;
+pub use plan::{Backend, Egress, Listener, MeshPlan, Proto, VipSandbox, VipService};
