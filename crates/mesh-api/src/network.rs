@@ -45,6 +45,10 @@ pub struct NetworkSpec {
     /// Free-form labels.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The routing mesh's network (`ingress`): made by the cluster the first time a service
+    /// publishes a port in ingress mode, never by a user.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ingress: bool,
 }
 
 fn default_driver() -> String {
@@ -94,6 +98,9 @@ pub enum EndpointOwner {
         /// Interface name inside the task (`eth0`, `eth1`, …).
         ifname: String,
     },
+    /// The node's own address on the network: the routing mesh's connections to tasks come
+    /// from it (one per node and network).
+    LoadBalancer,
     /// A standard WireGuard peer outside the cluster, reached through one node.
     External {
         /// Its WireGuard public key (base64).

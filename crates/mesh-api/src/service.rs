@@ -389,6 +389,10 @@ pub struct PortConfig {
     /// Ingress or host.
     #[serde(default)]
     pub publish_mode: PublishMode,
+    /// Send a PROXY protocol v2 header with the client's address to the task before the
+    /// connection's data (`proxy-protocol=v2`; TCP only).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub proxy_protocol: bool,
 }
 
 /// `--endpoint-mode` and `--publish`.
@@ -924,6 +928,13 @@ impl ServiceSpec {
                     "e.g. -p mode=host,published=80,target=80",
                 ));
             }
+            if p.proxy_protocol && p.protocol == Protocol::Udp {
+                return Err(ValidationError::new(
+                    "--publish",
+                    format!("proxy-protocol on UDP port {}", p.target_port),
+                    "PROXY protocol is for TCP ports; drop proxy-protocol=v2 from the UDP port",
+                ));
+            }
             if p.published_port != 0 && !ports.insert((p.protocol, p.published_port)) {
                 return Err(ValidationError::new(
                     "--publish",
@@ -1029,7 +1040,7 @@ pub fn parse_cpus(field: &str, s: &str) -> Result<u64, ValidationError> {
 }
 
 /// Parses `-p`: `8080:80`, `8080:80/udp`, `80` (published port allocated), or the long form
-/// `mode=host,published=80,target=80,protocol=udp`.
+/// `mode=host,published=80,target=80,protocol=udp[,proxy-protocol=v2]`.
 pub fn parse_port(s: &str) -> Result<PortConfig, ValidationError> {
     let err = |problem: String| {
         ValidationError::new(
@@ -1068,6 +1079,17 @@ pub fn parse_port(s: &str) -> Result<PortConfig, ValidationError> {
                 "published" => p.published_port = port(v)?,
                 "target" => p.target_port = port(v)?,
                 "protocol" => p.protocol = proto(v)?,
+                "proxy-protocol" => {
+                    p.proxy_protocol = match v {
+                        "v2" => true,
+                        "none" => false,
+                        other => {
+                            return Err(err(format!(
+                                "unknown proxy-protocol {other:?} (v2 or none)"
+                            )));
+                        }
+                    }
+                }
                 other => return Err(err(format!("unknown key {other:?}"))),
             }
         }
@@ -1225,6 +1247,9 @@ mod tests {
         assert!(parse_port("70000:80").is_err());
         assert!(parse_port("8080:80/sctp").is_err());
         assert!(parse_port("mode=weird,target=1").is_err());
+        let p = parse_port("published=8443,target=443,proxy-protocol=v2").unwrap();
+        assert!(p.proxy_protocol);
+        assert!(parse_port("target=443,proxy-protocol=v1").is_err());
     }
 
     #[test]

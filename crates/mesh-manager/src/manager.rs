@@ -1034,6 +1034,7 @@ pub fn network_map(s: &ClusterState, node_id: &str) -> rpc::NetworkMap {
     rpc::NetworkMap {
         version: s.network_version,
         networks,
+        mesh: s.mesh_services(),
     }
 }
 
@@ -1042,6 +1043,10 @@ pub fn network_map(s: &ClusterState, node_id: &str) -> rpc::NetworkMap {
 pub fn dns_entries(s: &ClusterState, network_id: &str) -> Vec<rpc::DnsEntry> {
     use mesh_api::EndpointMode;
     let mut out = Vec::new();
+    if s.networks.get(network_id).is_some_and(|n| n.spec.ingress) {
+        // The ingress network carries the routing mesh only; nothing resolves on it.
+        return out;
+    }
     for svc in s.services.values() {
         let Some(att) = svc
             .spec

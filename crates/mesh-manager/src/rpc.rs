@@ -218,6 +218,35 @@ pub struct NetworkMap {
     pub version: u64,
     /// Networks with an endpoint on the calling node.
     pub networks: Vec<NetworkAssignment>,
+    /// Services with published ports, for the node's routing mesh.
+    #[serde(default)]
+    pub mesh: Vec<MeshService>,
+}
+
+/// A service with published ports and its serving tasks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshService {
+    /// Service ID.
+    pub service_id: String,
+    /// Service name.
+    pub name: String,
+    /// Its ports, published ports allocated.
+    pub ports: Vec<mesh_api::PortConfig>,
+    /// Its running, healthy tasks that are not being stopped, by task ID.
+    pub backends: Vec<MeshBackend>,
+}
+
+/// A task behind published ports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshBackend {
+    /// Task ID.
+    pub task_id: String,
+    /// Node that runs it.
+    pub node_id: String,
+    /// That node's underlay address.
+    pub node_addr: String,
+    /// The task's address on the ingress network (tasks of services with ingress ports).
+    pub ingress_ip: Option<Ipv4Addr>,
 }
 
 /// `attach` request.

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use std::net::Ipv4Addr;
 
-use mesh_api::network::DEFAULT_MTU;
+pub(crate) use mesh_api::network::DEFAULT_MTU;
 use mesh_api::node::NodeUpdate;
 use mesh_api::{
     Cluster, Endpoint, EndpointOwner, Network, NetworkSpec, Node, NodeDescription, NodeRole,
@@ -384,6 +384,7 @@ impl ClusterState {
         match &e.owner {
             EndpointOwner::Netns { path, .. } => format!("{} on {host} (netns {path})", e.ip),
             EndpointOwner::External { .. } => format!("{} on {host} (WireGuard peer)", e.ip),
+            EndpointOwner::LoadBalancer => format!("{} on {host} (load balancer)", e.ip),
             EndpointOwner::Task { task_id, .. } => {
                 let name = self
                     .tasks
@@ -471,7 +472,13 @@ impl ClusterState {
                 let mut node = *node;
                 node.version = index;
                 let id = node.id.clone();
+                let now = node.created_at;
                 self.nodes.insert(id.clone(), node);
+                if let Some(ingress) = self.ingress_network().map(|n| n.id.clone())
+                    && let Err(e) = self.ensure_lb_endpoint(&ingress, &id, now)
+                {
+                    tracing::warn!(node = %id, error = %e, "no load-balancer address on the ingress network");
+                }
                 Ok(Applied {
                     nodes: vec![id],
                     cluster: false,
@@ -635,6 +642,12 @@ impl ClusterState {
                 if let Err(e) = spec.validate() {
                     return reject(RejectKind::FailedPrecondition, e.to_string());
                 }
+                if spec.ingress || spec.name == crate::mesh::INGRESS_NETWORK {
+                    return reject(
+                        RejectKind::FailedPrecondition,
+                        "invalid NAME: ingress is the routing mesh's network, made by the cluster when a service publishes a port; choose another name",
+                    );
+                }
                 if let Some(other) = self.networks.values().find(|n| n.spec.name == spec.name) {
                     return reject(
                         RejectKind::Conflict,
@@ -705,10 +718,14 @@ impl ClusterState {
                 let Some(net) = self.networks.get(&id) else {
                     return reject(RejectKind::NotFound, format!("no such network: {id}"));
                 };
+                let ingress = net.spec.ingress;
                 let services: Vec<&str> = self
                     .services
                     .values()
-                    .filter(|s| s.spec.task_template.networks.iter().any(|n| n.target == id))
+                    .filter(|s| {
+                        s.spec.task_template.networks.iter().any(|n| n.target == id)
+                            || (ingress && crate::mesh::publishes_ingress(s))
+                    })
                     .map(|s| s.spec.name.as_str())
                     .collect();
                 if !services.is_empty() {
@@ -724,7 +741,7 @@ impl ClusterState {
                 let users: Vec<String> = self
                     .endpoints
                     .values()
-                    .filter(|e| e.network_id == id)
+                    .filter(|e| e.network_id == id && e.owner != EndpointOwner::LoadBalancer)
                     .map(|e| self.describe_endpoint(e))
                     .collect();
                 if !users.is_empty() {
@@ -739,6 +756,7 @@ impl ClusterState {
                     );
                 }
                 self.networks.remove(&id);
+                self.endpoints.retain(|_, e| e.network_id != id);
                 for node in self.nodes.values_mut() {
                     node.network_keys.remove(&id);
                 }
@@ -784,6 +802,12 @@ impl ClusterState {
                         ..Default::default()
                     });
                 }
+                if owner == EndpointOwner::LoadBalancer {
+                    return reject(
+                        RejectKind::FailedPrecondition,
+                        "load-balancer endpoints are made by the cluster; connect a namespace (--netns) or a WireGuard peer instead",
+                    );
+                }
                 if let EndpointOwner::External { public_key, .. } = &owner
                     && self.endpoints.values().any(|e| {
                         e.network_id == network_id
@@ -798,12 +822,8 @@ impl ClusterState {
                         ),
                     );
                 }
-                let used: BTreeSet<Ipv4Addr> = self
-                    .endpoints
-                    .values()
-                    .filter(|e| e.network_id == network_id)
-                    .map(|e| e.ip)
-                    .collect();
+                // Endpoints and service VIPs.
+                let used: BTreeSet<Ipv4Addr> = self.used_ips(&network_id);
                 let addr = match ip {
                     Some(want) => {
                         if !ipam::is_assignable(&net.subnet, net.gateway, want) {

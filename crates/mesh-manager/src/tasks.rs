@@ -246,6 +246,9 @@ impl ClusterState {
         self.resolve_spec_networks(&mut spec)?;
         let ports = self.allocate_ports(&id, &spec, &[])?;
         let vips = self.allocate_vips(&spec, &[])?;
+        if ports.iter().any(|p| p.publish_mode == PublishMode::Ingress) {
+            self.ensure_ingress_network(index, now)?;
+        }
         self.services.insert(
             id.clone(),
             Service {
@@ -325,7 +328,10 @@ impl ClusterState {
         let ports = self.allocate_ports(id, &spec, &svc.ports)?;
         let vips = self.allocate_vips(&spec, &svc.virtual_ips)?;
         let template_changed = spec.task_template != svc.spec.task_template;
-        let vips_changed = vips != svc.virtual_ips;
+        let mesh_changed = vips != svc.virtual_ips || ports != svc.ports;
+        if ports.iter().any(|p| p.publish_mode == PublishMode::Ingress) {
+            self.ensure_ingress_network(index, now)?;
+        }
         let Some(svc) = self.services.get_mut(id) else {
             return reject(RejectKind::NotFound, format!("no such service: {id}"));
         };
@@ -351,7 +357,7 @@ impl ClusterState {
         svc.virtual_ips = vips;
         svc.version = index;
         svc.updated_at = now;
-        if vips_changed {
+        if mesh_changed {
             self.network_version += 1;
         }
         applied(Some(id.to_string()))
@@ -370,7 +376,7 @@ impl ClusterState {
         for tid in ids {
             self.set_desired(index, &tid, TaskState::Remove, now);
         }
-        if !svc.virtual_ips.is_empty() {
+        if !svc.virtual_ips.is_empty() || !svc.ports.is_empty() {
             self.network_version += 1;
         }
         applied(Some(svc.id))
@@ -493,11 +499,54 @@ impl ClusterState {
                 aliases: n.aliases.clone(),
             });
         }
+        let ingress = self
+            .services
+            .get(&task.service_id)
+            .filter(|s| crate::mesh::publishes_ingress(s))
+            .and_then(|_| self.ingress_network());
+        if let Some(net) = ingress {
+            // Published in ingress mode: one more interface, on the ingress network.
+            let i = task.spec.networks.len();
+            let used = self.used_ips(&net.id);
+            let Some(ip) = ipam::allocate_ip(&net.subnet, net.gateway, &used) else {
+                return Err(format!(
+                    "the ingress network has no free address left in {}",
+                    net.subnet
+                ));
+            };
+            let ifname = format!("eth{i}");
+            let id = task_endpoint_id(&task.id, i);
+            made.push(Endpoint {
+                id: id.clone(),
+                network_id: net.id.clone(),
+                node_id: task.node_id.clone(),
+                ip,
+                owner: EndpointOwner::Task {
+                    task_id: task.id.clone(),
+                    ifname: ifname.clone(),
+                },
+                created_at: task.updated_at,
+            });
+            attachments.push(TaskAttachment {
+                network_id: net.id.clone(),
+                endpoint_id: id,
+                ip,
+                ifname,
+                aliases: Vec::new(),
+            });
+        }
         if !made.is_empty() {
             self.network_version += 1;
         }
+        let networks: BTreeSet<String> = made.iter().map(|e| e.network_id.clone()).collect();
         for e in made {
             self.endpoints.insert(e.id.clone(), e);
+        }
+        for net in networks {
+            // The source of this node's VIP connections on the network.
+            if let Err(e) = self.ensure_lb_endpoint(&net, &task.node_id, task.updated_at) {
+                tracing::warn!(task = %task.id, error = %e, "no load-balancer address");
+            }
         }
         task.networks = attachments;
         Ok(())
@@ -511,17 +560,23 @@ impl ClusterState {
         );
         if self.endpoints.len() != before {
             self.network_version += 1;
+            self.release_idle_lb_endpoints();
         }
     }
 
     pub(crate) fn set_desired(&mut self, index: u64, task_id: &str, state: TaskState, now: u64) {
-        let Some(t) = self.tasks.get_mut(task_id) else {
+        let Some(t) = self.tasks.get(task_id) else {
             return;
         };
         if state <= t.desired_state {
             return;
         }
-        let was_serving = t.is_serving() && !t.networks.is_empty();
+        let was_serving = t.is_serving();
+        let in_mesh = self.task_in_mesh(t);
+        let Some(t) = self.tasks.get_mut(task_id) else {
+            return;
+        };
+        let was_serving = was_serving && in_mesh;
         t.desired_state = state;
         t.version = index;
         t.updated_at = now;
@@ -548,7 +603,7 @@ impl ClusterState {
     }
 
     fn set_observed(&mut self, index: u64, task_id: &str, status: TaskStatus) {
-        let Some(t) = self.tasks.get_mut(task_id) else {
+        let Some(t) = self.tasks.get(task_id) else {
             return;
         };
         if status.state < t.status.state || status == t.status {
@@ -556,10 +611,14 @@ impl ClusterState {
         }
         let terminal = status.state.is_terminal();
         let was_serving = t.is_serving();
+        let in_mesh = self.task_in_mesh(t);
+        let Some(t) = self.tasks.get_mut(task_id) else {
+            return;
+        };
         t.status = status;
         t.version = index;
         t.updated_at = t.status.timestamp;
-        if was_serving != t.is_serving() && !t.networks.is_empty() {
+        if was_serving != t.is_serving() && in_mesh {
             // Started, turned healthy or unhealthy, or ended: DNS answers change.
             self.network_version += 1;
         }
@@ -929,7 +988,11 @@ mod tests {
         // .1 gateway, .2 the VIP, .3 the task.
         assert_eq!(t.networks[0].ip, "10.30.0.3".parse::<Ipv4Addr>().unwrap());
         assert!(s.network_version > v0);
-        assert_eq!(s.endpoints.len(), 1);
+        // The task's address and the node's load-balancer address on the network.
+        assert_eq!(s.endpoints.len(), 2);
+        let lb = &s.endpoints[&crate::mesh::lb_endpoint_id("net1", "n2")];
+        assert_eq!(lb.owner, EndpointOwner::LoadBalancer);
+        assert_eq!(lb.ip, "10.30.0.4".parse::<Ipv4Addr>().unwrap());
         assert_eq!(s.assignments_version("n2"), (1, 6));
 
         // Only the task's node reports on it; states only move forward.
@@ -1004,7 +1067,11 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!(s.endpoints.len(), 1);
+        assert_eq!(
+            s.endpoints.len(),
+            2,
+            "the task's address and n1's load balancer"
+        );
         s.apply(
             6,
             Command::RemoveService {

@@ -75,6 +75,9 @@ pub fn plan(
                         });
                     }
                 }
+                // This host's own address on the network: the routing mesh puts it on the
+                // sandbox's loopback; peers route it here like any endpoint of this node.
+                EndpointOwner::LoadBalancer => {}
                 EndpointOwner::External {
                     public_key,
                     endpoint,

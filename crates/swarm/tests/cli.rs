@@ -630,6 +630,7 @@ fn network_create_posts_the_spec_and_prints_the_id() {
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            ingress: false,
         }
     );
 

@@ -143,6 +143,7 @@ fn world() -> World {
         target_port: 5432,
         published_port: 5432,
         publish_mode: PublishMode::Host,
+        proxy_protocol: false,
     }];
     let mut web_ingress = web.clone();
     web_ingress.ports = vec![PortConfig {
@@ -150,6 +151,7 @@ fn world() -> World {
         target_port: 80,
         published_port: 8080,
         publish_mode: PublishMode::Ingress,
+        proxy_protocol: false,
     }];
     let mut failed = task(
         "t1old0000000000000000000a",

@@ -248,6 +248,7 @@ impl CreateArgs {
             attachable: self.attachable,
             allow_overlap: self.allow_overlap,
             labels: self.label.iter().cloned().collect::<BTreeMap<_, _>>(),
+            ingress: false,
         };
         spec.validate()?;
         Ok(spec)

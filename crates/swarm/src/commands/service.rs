@@ -2137,13 +2137,15 @@ mod tests {
                     protocol: Protocol::Tcp,
                     target_port: 80,
                     published_port: 8080,
-                    publish_mode: PublishMode::Ingress
+                    publish_mode: PublishMode::Ingress,
+                    proxy_protocol: false,
                 },
                 PortConfig {
                     protocol: Protocol::Udp,
                     target_port: 9000,
                     published_port: 9000,
-                    publish_mode: PublishMode::Host
+                    publish_mode: PublishMode::Host,
+                    proxy_protocol: false,
                 },
             ]
         );

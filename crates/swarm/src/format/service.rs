@@ -574,6 +574,7 @@ mod tests {
             target_port: target,
             published_port: published,
             publish_mode: mode,
+            proxy_protocol: false,
         }
     }
 

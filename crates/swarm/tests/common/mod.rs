@@ -369,6 +369,7 @@ fn network(id: &str, name: &str, subnet: &str, labels: &[(&str, &str)]) -> Netwo
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            ingress: false,
         },
         subnet,
         gateway,
