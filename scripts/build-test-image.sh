@@ -70,6 +70,13 @@ trap 'kill "$httpd_pid" 2>/dev/null; exit 0' TERM INT
 wait "$httpd_pid"
 EOF
 chmod 0755 "$root/serve.sh"
+# /cgi-bin/ip answers with the address the request came from (the routing mesh's tests).
+mkdir -p "$root/www/cgi-bin"
+cat >"$root/www/cgi-bin/ip" <<'EOF'
+#!/bin/sh
+printf 'Content-Type: text/plain\r\n\r\n%s\n' "$REMOTE_ADDR"
+EOF
+chmod 0755 "$root/www/cgi-bin/ip"
 
 find "$root" -exec touch -h -d @0 {} +
 

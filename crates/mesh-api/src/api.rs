@@ -281,8 +281,27 @@ pub struct Info {
     pub cert_expiry: u64,
     /// Data port of the overlay.
     pub data_port: u16,
+    /// The routing mesh on this node (active nodes only).
+    #[serde(default)]
+    pub routing_mesh: Option<RoutingMeshInfo>,
     /// Last error, if the node is in state `error`.
     pub error: String,
+}
+
+/// The routing mesh on one node, as `swarm info` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct RoutingMeshInfo {
+    /// Data path: `ebpf` or `userspace`.
+    pub dataplane: String,
+    /// Published ports open on this node (TCP and UDP).
+    pub published_ports: usize,
+    /// Networks whose VIPs this node serves.
+    pub vip_networks: usize,
+    /// TCP connections relayed now (userspace path).
+    pub tcp_relays: usize,
+    /// UDP flows alive now (userspace path).
+    pub udp_flows: usize,
 }
 
 /// A manager as listed by `swarm info`.

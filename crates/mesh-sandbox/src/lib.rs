@@ -18,6 +18,7 @@
 //!   overlay engine.
 
 mod error;
+mod local_addrs;
 mod nl;
 mod ns;
 mod sysctl;
@@ -31,6 +32,7 @@ use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute,
 use rtnetlink::{LinkBridge, LinkVeth};
 
 pub use crate::error::SandboxError;
+pub use crate::local_addrs::sync_local_addrs;
 use crate::nl::{Nl, is_kind, with_netlink};
 pub use crate::ns::{NETNS_DIR, netns_exists, netns_path};
 

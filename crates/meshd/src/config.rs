@@ -44,6 +44,21 @@ pub struct Flags {
     /// several) [default: the nameservers of /etc/resolv.conf]
     #[arg(long = "dns-upstream", value_name = "ADDR")]
     pub dns_upstream: Vec<String>,
+    /// Data path of the routing mesh (published ports, VIPs): `ebpf`, `userspace`, or
+    /// `auto` (eBPF where the kernel allows it, else userspace) [default: auto]
+    #[arg(long, value_name = "PATH")]
+    pub dataplane: Option<String>,
+}
+
+/// Which data path the routing mesh runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataplaneChoice {
+    /// eBPF where the kernel allows it, else userspace.
+    Auto,
+    /// The eBPF path; meshd refuses to start without it.
+    Ebpf,
+    /// The userspace path.
+    Userspace,
 }
 
 /// The TOML file: the same keys as the flags.
@@ -59,6 +74,7 @@ pub struct FileConfig {
     remote_api_addr: Option<String>,
     sandbox_prefix: Option<String>,
     dns_upstream: Option<Vec<String>>,
+    dataplane: Option<String>,
 }
 
 /// The effective, validated configuration.
@@ -82,6 +98,8 @@ pub struct Config {
     pub sandbox_prefix: Option<String>,
     /// Upstream resolvers of the embedded DNS (empty: those of /etc/resolv.conf).
     pub dns_upstreams: Vec<SocketAddr>,
+    /// The routing mesh's data path.
+    pub dataplane: DataplaneChoice,
 }
 
 /// A configuration value that is wrong; the message names the key and the fix.
@@ -250,8 +268,22 @@ impl Config {
                 }
             }
         }
+        let dataplane = match flags.dataplane.or(file.dataplane).as_deref() {
+            None | Some("auto") => DataplaneChoice::Auto,
+            Some("ebpf") => DataplaneChoice::Ebpf,
+            Some("userspace") => DataplaneChoice::Userspace,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    key: "--dataplane",
+                    value: other.to_string(),
+                    problem: "is not a data path",
+                    fix: "use auto, ebpf or userspace",
+                });
+            }
+        };
         Ok(Config {
             dns_upstreams,
+            dataplane,
             sandbox_prefix,
             data_dir: flags
                 .data_dir

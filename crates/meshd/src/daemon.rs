@@ -327,6 +327,7 @@ impl Daemon {
                 self.cfg.data_port,
                 self.cfg.sandbox_prefix.as_deref(),
                 &self.cfg.dns_upstreams,
+                self.cfg.dataplane,
             )
             .context("starting the overlay data plane")?,
         );
@@ -941,6 +942,15 @@ impl Daemon {
                 addr: a.clone(),
             })
             .collect();
+        let net = active.net();
+        let stats = net.mesh_stats().unwrap_or_default();
+        info.routing_mesh = Some(mesh_api::api::RoutingMeshInfo {
+            dataplane: net.dataplane().to_string(),
+            published_ports: stats.listeners,
+            vip_networks: stats.vip_sandboxes,
+            tcp_relays: stats.tcp_relays,
+            udp_flows: stats.udp_flows,
+        });
         if let Some(m) = active.manager() {
             m.fill_info(&mut info);
         }

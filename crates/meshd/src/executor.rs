@@ -22,6 +22,9 @@ use crate::engine::{Engine, Exit, Prepared, RunState};
 const ASSIGNMENT_WAIT_MS: u64 = 15_000;
 /// How long the interfaces of a task may take to appear in its namespace.
 const PLUMB_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a task that serves traffic is left running after it is told to stop, so every
+/// node has taken it out of rotation first (two heartbeat periods of the default settings).
+const MESH_DRAIN: Duration = Duration::from_millis(1000);
 
 /// A task's controller as the executor keeps it.
 struct Controller {
@@ -458,6 +461,16 @@ impl Executor {
         let mut exited = tokio::spawn(async move { engine.wait(&wait_id).await });
         loop {
             if *desired.borrow() > TaskState::Running {
+                if !task.networks.is_empty() || !task.host_ports.is_empty() {
+                    // The managers took the task out of every node's rotation (VIPs, published
+                    // ports, DNS) when they changed its desired state; the nodes apply that
+                    // within a heartbeat. Only then is it told to stop; open connections go
+                    // on until it exits or its grace period ends.
+                    tokio::select! {
+                        _ = tokio::time::sleep(MESH_DRAIN) => {}
+                        _ = &mut exited => {}
+                    }
+                }
                 exited.abort();
                 let exit = self.engine.stop(id, grace).await;
                 let mut st = self.status(TaskState::Shutdown, "shutdown");

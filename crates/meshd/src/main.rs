@@ -7,6 +7,8 @@ mod daemon;
 mod engine;
 mod executor;
 mod local;
+mod mesh;
+mod meshplan;
 mod netplan;
 mod network;
 mod remote;

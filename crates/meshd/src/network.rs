@@ -23,6 +23,9 @@ pub struct NetRuntime {
     /// forwarded queries leave from here).
     resolver: mesh_dns::Resolver,
     overlay: Mutex<Option<Overlay>>,
+    /// The routing mesh (published ports, VIPs).
+    mesh: Mutex<Option<crate::mesh::Mesh>>,
+    dataplane: &'static str,
     keys: Mutex<BTreeMap<String, KeyPair>>,
     keys_path: PathBuf,
     applied_version: AtomicU64,
@@ -44,6 +47,7 @@ impl NetRuntime {
         data_port: u16,
         prefix: Option<&str>,
         dns_upstreams: &[SocketAddr],
+        dataplane: crate::config::DataplaneChoice,
     ) -> anyhow::Result<Self> {
         let keys_path = data_dir.join("overlay-keys.json");
         let keys = load_keys(&keys_path)?;
@@ -65,11 +69,14 @@ impl NetRuntime {
             ..mesh_dns::ResolverConfig::default()
         })
         .context("starting the embedded DNS resolver")?;
+        let mesh = crate::mesh::Mesh::start(dataplane)?;
         Ok(Self {
             node_id: node_id.to_string(),
             prefix,
             resolver,
             overlay: Mutex::new(Some(overlay)),
+            dataplane: mesh.kind(),
+            mesh: Mutex::new(Some(mesh)),
             keys: Mutex::new(keys),
             keys_path,
             applied_version: AtomicU64::new(u64::MAX),
@@ -87,6 +94,16 @@ impl NetRuntime {
     /// The embedded DNS resolver.
     pub fn resolver(&self) -> &mesh_dns::Resolver {
         &self.resolver
+    }
+
+    /// The routing mesh's data path: `ebpf` or `userspace`.
+    pub fn dataplane(&self) -> &'static str {
+        self.dataplane
+    }
+
+    /// The routing mesh's live figures.
+    pub fn mesh_stats(&self) -> Option<mesh_ingress::userspace::MeshStats> {
+        self.mesh.lock().ok()?.as_ref().map(|m| m.stats())
     }
 
     /// The map version last applied.
@@ -168,6 +185,19 @@ impl NetRuntime {
         };
         self.resolver.set_table(Arc::new(dns_table(map)));
         self.apply_plan(&planned.plan)?;
+        // After the overlay: the mesh works in the sandboxes it made.
+        let mesh_plan = crate::meshplan::plan(
+            &self.node_id,
+            map,
+            |net| mesh_sandbox::netns_path(&mesh_overlay::sandbox_name(&self.prefix, net)),
+            |t| mesh_sandbox::netns_path(&self.task_netns_name(t)),
+            mesh_sandbox::netns_exists,
+        );
+        if let Ok(guard) = self.mesh.lock()
+            && let Some(mesh) = guard.as_ref()
+        {
+            mesh.apply(&mesh_plan);
+        }
         self.applied_version.store(map.version, Ordering::SeqCst);
         Ok(planned.stale)
     }
@@ -187,6 +217,9 @@ impl NetRuntime {
     /// Stops the engine. With `remove`, everything it built goes too (leaving the
     /// cluster); without, sandboxes and veths stay for a restarted meshd to re-adopt.
     pub fn stop(&self, remove: bool) {
+        if let Some(mesh) = self.mesh.lock().ok().and_then(|mut g| g.take()) {
+            mesh.shutdown();
+        }
         let overlay = self.overlay.lock().ok().and_then(|mut g| g.take());
         if let Some(o) = overlay {
             if remove && let Err(e) = o.apply(&HostPlan::default()) {

@@ -568,6 +568,16 @@ pub fn info_block(info: &Info) -> String {
         let _ = writeln!(out, " Hostname: {}", info.hostname);
     }
     let _ = writeln!(out, " Data Path Port: {}", info.data_port);
+    if let Some(m) = &info.routing_mesh {
+        out.push_str(" Routing Mesh:\n");
+        let _ = writeln!(out, "  Dataplane: {}", m.dataplane);
+        let _ = writeln!(out, "  Published Ports: {}", m.published_ports);
+        let _ = writeln!(out, "  VIP Networks: {}", m.vip_networks);
+        if m.dataplane == "userspace" {
+            let _ = writeln!(out, "  Relayed TCP Connections: {}", m.tcp_relays);
+            let _ = writeln!(out, "  UDP Flows: {}", m.udp_flows);
+        }
+    }
     if let Some(raft) = &info.raft {
         out.push_str(" Raft:\n");
         let leader = match (&raft.leader_node_id, raft.leader) {
