@@ -416,6 +416,25 @@ impl Nl {
             .map_err(|e| self.err(format!("add route {dst}/32 dev {dev}"), e))
     }
 
+    pub(crate) async fn replace_default_route(
+        &self,
+        gateway: Ipv4Addr,
+        oif: u32,
+        dev: &str,
+    ) -> Result<(), SandboxError> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(gateway)
+            .output_interface(oif)
+            .build();
+        self.handle
+            .route()
+            .add(msg)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| self.err(format!("add route default via {gateway} dev {dev}"), e))
+    }
+
     pub(crate) async fn del_route(
         &self,
         msg: RouteMessage,

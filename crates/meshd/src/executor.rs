@@ -9,6 +9,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use anyhow::Context;
+
 use mesh_api::{Health, Task, TaskState, TaskStatus, TaskStatusUpdate};
 use mesh_manager::manager::now_ms;
 use mesh_manager::rpc::{self, AssignmentsRequest, AssignmentsResponse, TaskStatusRequest};
@@ -565,7 +567,7 @@ impl Executor {
             })
             .await??;
             if missing.is_empty() {
-                return Ok(());
+                return self.route_via_ingress(task, &name).await;
             }
             if tokio::time::Instant::now() >= deadline {
                 anyhow::bail!(
@@ -575,6 +577,25 @@ impl Executor {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// A task on the ingress network gets its default route through it: connections the
+    /// routing mesh delivers keep the client's address, and the replies leave that way.
+    async fn route_via_ingress(&self, task: &Task, netns_name: &str) -> anyhow::Result<()> {
+        let Some((net, gateway)) = self.active.net().ingress_gateway() else {
+            return Ok(());
+        };
+        let Some(a) = task.networks.iter().find(|a| a.network_id == net) else {
+            return Ok(());
+        };
+        let path = mesh_sandbox::netns_path(netns_name);
+        let ifname = a.ifname.clone();
+        tokio::task::spawn_blocking(move || {
+            mesh_sandbox::set_default_route(&path, gateway, &ifname)
+        })
+        .await?
+        .with_context(|| format!("default route via the ingress network for task {}", task.id))?;
+        Ok(())
     }
 
     /// Binds 127.0.0.11:53 (UDP and TCP) in the task's namespace and serves its networks'

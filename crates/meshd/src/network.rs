@@ -26,6 +26,8 @@ pub struct NetRuntime {
     /// The routing mesh (published ports, VIPs).
     mesh: Mutex<Option<crate::mesh::Mesh>>,
     dataplane: &'static str,
+    /// The ingress network's ID and gateway, from the last map.
+    ingress: Mutex<Option<(String, std::net::Ipv4Addr)>>,
     keys: Mutex<BTreeMap<String, KeyPair>>,
     keys_path: PathBuf,
     applied_version: AtomicU64,
@@ -77,6 +79,7 @@ impl NetRuntime {
             overlay: Mutex::new(Some(overlay)),
             dataplane: mesh.kind(),
             mesh: Mutex::new(Some(mesh)),
+            ingress: Mutex::new(None),
             keys: Mutex::new(keys),
             keys_path,
             applied_version: AtomicU64::new(u64::MAX),
@@ -99,6 +102,11 @@ impl NetRuntime {
     /// The routing mesh's data path: `ebpf` or `userspace`.
     pub fn dataplane(&self) -> &'static str {
         self.dataplane
+    }
+
+    /// The ingress network's ID and gateway, once a map had it.
+    pub fn ingress_gateway(&self) -> Option<(String, std::net::Ipv4Addr)> {
+        self.ingress.lock().ok()?.clone()
     }
 
     /// The routing mesh's live figures.
@@ -184,6 +192,13 @@ impl NetRuntime {
             })
         };
         self.resolver.set_table(Arc::new(dns_table(map)));
+        if let Ok(mut g) = self.ingress.lock() {
+            *g = map
+                .networks
+                .iter()
+                .find(|a| a.network.spec.ingress)
+                .map(|a| (a.network.id.clone(), a.network.gateway));
+        }
         self.apply_plan(&planned.plan)?;
         // After the overlay: the mesh works in the sandboxes it made.
         let mesh_plan = crate::meshplan::plan(
