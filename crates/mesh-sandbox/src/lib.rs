@@ -391,7 +391,11 @@ pub fn set_link_up(sandbox: &str, ifname: &str, mtu: Option<u16>) -> Result<(), 
 /// Makes `default via gateway dev ifname` the default route of the namespace at `netns`
 /// (replacing another one). A task's replies to clients outside its networks (the routing
 /// mesh delivers connections with the client's own address) leave through it.
-pub fn set_default_route(netns: &Path, gateway: Ipv4Addr, ifname: &str) -> Result<(), SandboxError> {
+pub fn set_default_route(
+    netns: &Path,
+    gateway: Ipv4Addr,
+    ifname: &str,
+) -> Result<(), SandboxError> {
     validate_ifname("ifname", ifname)?;
     let ifname = ifname.to_owned();
     with_netlink(vec![Some(netns.to_path_buf())], move |nls| async move {

@@ -1,7 +1,17 @@
 //! The routing mesh on this node: the data path chosen at start, fed with the plan made
 //! from every network map ([`crate::meshplan`]).
+//!
+//! On the eBPF path, eBPF serves the VIPs (socket-level balancing for the registered task
+//! namespaces) and the ingress-mode published ports (TC, direct server return). The
+//! userspace path still serves what eBPF does not: host-mode ports, ports with
+//! `proxy-protocol=v2`, and the VIPs for a task whose namespace is not registered yet (its
+//! packets to a VIP reach the sandbox, where the userspace relay takes them).
+
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use mesh_ingress::MeshPlan;
+use mesh_ingress::ebpf::{EbpfConfig, EbpfMesh};
 use mesh_ingress::userspace::{MeshStats, UserspaceConfig, UserspaceMesh};
 use tracing::{info, warn};
 
@@ -10,34 +20,78 @@ use crate::config::DataplaneChoice;
 /// The routing mesh's data path.
 pub struct Mesh {
     userspace: UserspaceMesh,
-    kind: &'static str,
+    ebpf: Option<EbpfMesh>,
+    /// Published ports the eBPF path served at the last apply.
+    kernel_ports: AtomicUsize,
 }
 
 impl Mesh {
-    /// Starts the data path `choice` asks for, in the calling thread's namespace.
+    /// Starts the data path `choice` asks for, in the calling thread's namespace (the
+    /// host's). `auto` falls back to userspace when the kernel refuses the eBPF programs.
     pub fn start(choice: DataplaneChoice) -> anyhow::Result<Self> {
-        let kind = match choice {
-            DataplaneChoice::Userspace | DataplaneChoice::Auto => "userspace",
-            DataplaneChoice::Ebpf => {
-                anyhow::bail!(
-                    "invalid --dataplane: the eBPF data path is not available in this build; use --dataplane userspace or auto"
-                )
+        let ebpf = match choice {
+            DataplaneChoice::Userspace => None,
+            DataplaneChoice::Auto | DataplaneChoice::Ebpf => {
+                let cfg = EbpfConfig {
+                    interfaces: external_interfaces(),
+                    ..EbpfConfig::default()
+                };
+                match EbpfMesh::load(cfg) {
+                    Ok(m) => Some(m),
+                    Err(e) if choice == DataplaneChoice::Auto => {
+                        warn!(error = %e, "the eBPF data path is not available; the routing mesh runs in userspace");
+                        None
+                    }
+                    Err(e) => {
+                        return Err(anyhow::anyhow!(
+                            "--dataplane ebpf: {e}; use --dataplane userspace (or auto) on this host"
+                        ));
+                    }
+                }
             }
         };
         let userspace = UserspaceMesh::start(UserspaceConfig::default())
             .map_err(|e| anyhow::anyhow!("starting the routing mesh's userspace path: {e}"))?;
-        info!(dataplane = kind, "routing mesh started");
-        Ok(Self { userspace, kind })
+        let mesh = Self {
+            userspace,
+            ebpf,
+            kernel_ports: AtomicUsize::new(0),
+        };
+        info!(dataplane = mesh.kind(), "routing mesh started");
+        Ok(mesh)
     }
 
     /// `ebpf` or `userspace`.
     pub fn kind(&self) -> &'static str {
-        self.kind
+        if self.ebpf.is_some() {
+            "ebpf"
+        } else {
+            "userspace"
+        }
     }
 
-    /// Serves `plan`; what cannot be applied is logged, the rest is served.
-    pub fn apply(&self, plan: &MeshPlan) {
-        let report = self.userspace.apply(plan);
+    /// Serves `plan`; `nodes` are the cluster's nodes' addresses (the eBPF path accepts
+    /// published-port traffic handed over by them). What cannot be applied is logged, the
+    /// rest is served.
+    pub fn apply(&self, plan: &MeshPlan, nodes: &[Ipv4Addr]) {
+        let userspace_plan = match &self.ebpf {
+            None => plan.clone(),
+            Some(ebpf) => {
+                let (kernel, user) = split(plan);
+                ebpf.set_nodes(nodes);
+                match ebpf.apply(&kernel) {
+                    Ok(r) => {
+                        self.kernel_ports.store(r.ports, Ordering::Relaxed);
+                        for s in &r.skipped {
+                            warn!(item = %s, "routing mesh (eBPF) left out");
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "the routing mesh's eBPF path refused the plan"),
+                }
+                user
+            }
+        };
+        let report = self.userspace.apply(&userspace_plan);
         if let Some(e) = &report.refused {
             warn!(error = %e, "the routing mesh refused the plan");
         }
@@ -52,13 +106,106 @@ impl Mesh {
         }
     }
 
-    /// Live figures (listeners and VIP sandboxes also on the eBPF path).
+    /// Live figures: published ports and VIP networks served, relayed connections and UDP
+    /// flows of the userspace path.
     pub fn stats(&self) -> MeshStats {
-        self.userspace.stats()
+        let mut s = self.userspace.stats();
+        s.listeners += self.kernel_ports.load(Ordering::Relaxed);
+        s
     }
 
-    /// Closes every listener; open relays end.
+    /// Closes every listener; open relays end; eBPF programs are detached.
     pub fn shutdown(self) {
+        drop(self.ebpf);
         self.userspace.shutdown();
+    }
+}
+
+/// The part of `plan` the eBPF path serves, and the part left to userspace.
+pub fn split(plan: &MeshPlan) -> (MeshPlan, MeshPlan) {
+    let (kernel, user): (Vec<_>, Vec<_>) = plan
+        .listeners
+        .iter()
+        .cloned()
+        // Ingress-mode ports have a load-balancer source; host-mode ones go through the
+        // task's own namespace. PROXY protocol needs a relay.
+        .partition(|l| l.egress.source.is_some() && !l.proxy_protocol);
+    (
+        MeshPlan {
+            listeners: kernel,
+            vips: plan.vips.clone(),
+        },
+        MeshPlan {
+            listeners: user,
+            vips: plan.vips.clone(),
+        },
+    )
+}
+
+/// The host's interfaces with an IPv4 address, but loopback and the mesh's own links.
+fn external_interfaces() -> Vec<String> {
+    let mut out: Vec<String> = match nix::ifaddrs::getifaddrs() {
+        Ok(addrs) => addrs
+            .filter(|a| {
+                a.address
+                    .as_ref()
+                    .and_then(|s| s.as_sockaddr_in())
+                    .is_some()
+            })
+            .map(|a| a.interface_name)
+            .filter(|n| n != "lo" && !n.starts_with("mi-"))
+            .collect(),
+        Err(e) => {
+            warn!(error = %e, "cannot list the host's interfaces; no published port on the eBPF path");
+            Vec::new()
+        }
+    };
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_ingress::{Backend, Egress, Listener, Proto};
+
+    fn listener(port: u16, source: Option<Ipv4Addr>, proxy: bool) -> Listener {
+        Listener {
+            proto: Proto::Tcp,
+            port,
+            service: "s".into(),
+            egress: Egress {
+                netns: "/x".into(),
+                source,
+            },
+            backends: vec![Backend {
+                addr: "10.0.0.5:80".parse().unwrap(),
+                node: None,
+            }],
+            proxy_protocol: proxy,
+        }
+    }
+
+    #[test]
+    fn host_mode_and_proxy_protocol_stay_in_userspace() {
+        let lb = Some(Ipv4Addr::new(10, 0, 0, 2));
+        let plan = MeshPlan {
+            listeners: vec![
+                listener(8080, lb, false),
+                listener(8081, None, false),
+                listener(8443, lb, true),
+            ],
+            vips: vec![],
+        };
+        let (k, u) = split(&plan);
+        assert_eq!(
+            k.listeners.iter().map(|l| l.port).collect::<Vec<_>>(),
+            [8080]
+        );
+        assert_eq!(
+            u.listeners.iter().map(|l| l.port).collect::<Vec<_>>(),
+            [8081, 8443]
+        );
     }
 }

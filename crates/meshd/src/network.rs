@@ -211,7 +211,20 @@ impl NetRuntime {
         if let Ok(guard) = self.mesh.lock()
             && let Some(mesh) = guard.as_ref()
         {
-            mesh.apply(&mesh_plan);
+            let mut nodes: Vec<std::net::Ipv4Addr> = map
+                .networks
+                .iter()
+                .flat_map(|a| a.nodes.iter().map(|n| n.addr.as_str()))
+                .chain(
+                    map.mesh
+                        .iter()
+                        .flat_map(|m| m.backends.iter().map(|b| b.node_addr.as_str())),
+                )
+                .filter_map(|a| a.parse().ok())
+                .collect();
+            nodes.sort();
+            nodes.dedup();
+            mesh.apply(&mesh_plan, &nodes);
         }
         self.applied_version.store(map.version, Ordering::SeqCst);
         Ok(planned.stale)

@@ -1111,10 +1111,18 @@ id10      node10     Down      Drain                           0.1.0
             node_down_after_ms: 2_000,
             cert_expiry: 0,
             data_port: 51820,
+            routing_mesh: Some(mesh_api::api::RoutingMeshInfo {
+                dataplane: "ebpf".into(),
+                published_ports: 2,
+                vip_networks: 1,
+                tcp_relays: 0,
+                udp_flows: 0,
+            }),
             error: String::new(),
         };
         let text = info_block(&info);
         for line in [
+            " Routing Mesh:\n  Dataplane: ebpf\n  Published Ports: 2\n  VIP Networks: 1\n",
             "Swarm: active\n",
             " NodeID: n1\n",
             " Is Manager: true\n",

@@ -102,6 +102,7 @@ pub fn host_port(port: u16) -> PortConfig {
         target_port: 80,
         published_port: port,
         publish_mode: PublishMode::Host,
+        proxy_protocol: false,
     }
 }
 

@@ -333,6 +333,7 @@ pub fn info() -> Info {
         node_down_after_ms: 2_000,
         cert_expiry: 0,
         data_port: 51820,
+        routing_mesh: None,
         error: String::new(),
     }
 }
