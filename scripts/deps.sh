@@ -8,7 +8,7 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
-pkgs=(iproute2 nftables iputils-ping procps util-linux python3 tcpdump wireguard-go wireguard-tools ca-certificates curl build-essential pkg-config runc busybox-static bind9-dnsutils socat wrk clang llvm libbpf-dev)
+pkgs=(iproute2 nftables iputils-ping procps util-linux python3 tcpdump wireguard-go wireguard-tools ca-certificates curl build-essential pkg-config runc busybox-static bind9-dnsutils socat wrk ethtool clang llvm libbpf-dev)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
