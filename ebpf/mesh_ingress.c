@@ -228,8 +228,11 @@ static __always_inline int deliver(struct __sk_buff *skb, const struct pkt *p, _
 	return bpf_redirect_neigh(ifindex, &nh, sizeof(nh), 0);
 }
 
-/* Routes the (rewritten) packet from src to dst by the FIB and sends it out. */
-static __always_inline int route_out(struct __sk_buff *skb, __u32 src, __u32 dst, __u8 proto)
+/* Routes the (rewritten) packet from src to dst by the FIB and sends it out; a packet for
+ * this host itself (a client on this node reached another node's published port) goes up
+ * its stack when `local_ok`. */
+static __always_inline int route_to(struct __sk_buff *skb, __u32 src, __u32 dst, __u8 proto,
+				    int local_ok)
 {
 	struct bpf_fib_lookup fib = {};
 	fib.family = AF_INET;
@@ -238,12 +241,19 @@ static __always_inline int route_out(struct __sk_buff *skb, __u32 src, __u32 dst
 	fib.ipv4_dst = dst;
 	fib.ifindex = skb->ingress_ifindex;
 	long rc = bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_SKIP_NEIGH);
+	if (rc == BPF_FIB_LKUP_RET_NOT_FWDED && local_ok)
+		return TC_ACT_OK;
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS) {
 		count(MESH_ING_STAT_NO_ROUTE);
 		return TC_ACT_SHOT;
 	}
 	struct bpf_redir_neigh nh = { .nh_family = AF_INET, .ipv4_nh = fib.ipv4_dst };
 	return bpf_redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0);
+}
+
+static __always_inline int route_out(struct __sk_buff *skb, __u32 src, __u32 dst, __u8 proto)
+{
+	return route_to(skb, src, dst, proto, 0);
 }
 
 static __always_inline __u16 ip_checksum(const __u16 *w)
@@ -459,7 +469,7 @@ int mesh_ing_link(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	}
 	count(MESH_ING_STAT_REPLY);
-	return route_out(skb, addr, p.daddr, p.proto);
+	return route_to(skb, addr, p.daddr, p.proto, 1);
 }
 
 char _license[] SEC("license") = "Dual BSD/GPL";

@@ -163,6 +163,31 @@ fn routing_mesh(dataplane: &str) {
         }
     }
 
+    // A client on a node of the cluster reaches another node's published port, also when
+    // the task chosen runs on the client's own node.
+    let from_host2: BTreeSet<String> = (0..6)
+        .map(|_| {
+            let out = lab.exec(
+                2,
+                &[
+                    "curl",
+                    "-s",
+                    "-f",
+                    "-m",
+                    "5",
+                    &format!("http://{}:8080/", lab.ip(1)),
+                ],
+            );
+            assert_eq!(
+                out.status, 0,
+                "curl from host2 to host1:8080: {}",
+                out.stderr
+            );
+            out.stdout.trim().to_string()
+        })
+        .collect();
+    assert_eq!(from_host2, names);
+
     // The VIP from inside a task on appnet: web:80 → each task in turn.
     let out = ok(
         &lab,

@@ -282,7 +282,6 @@ pub fn overlay_steps(lab: &Lab) -> Vec<Step> {
 /// host, a replicated service on `appnet`, `service ps`, and each task answering, over the
 /// encrypted overlay, with its own hostname to the endpoint host1 attached.
 pub fn service_steps(lab: &Lab, image: &str) -> Vec<Step> {
-    let p1 = format!("/var/run/netns/{}", lab.extra_netns_name("web1"));
     let mut steps = Vec::new();
     for i in 1..=lab.hosts() {
         steps.push(Step::swarm(
@@ -292,7 +291,7 @@ pub fn service_steps(lab: &Lab, image: &str) -> Vec<Step> {
         ));
     }
     steps.push(Step::swarm(
-        "Run a replicated service of 3 tasks on appnet",
+        "Run a replicated service of 3 tasks on appnet, published on port 8080 of every node",
         1,
         &[
             "service",
@@ -303,6 +302,8 @@ pub fn service_steps(lab: &Lab, image: &str) -> Vec<Step> {
             "3",
             "--network",
             "appnet",
+            "-p",
+            "8080:80",
             "meshd-test:latest",
         ],
     ));
@@ -318,17 +319,37 @@ pub fn service_steps(lab: &Lab, image: &str) -> Vec<Step> {
         1,
         &["service", "ps", "web"],
     ));
-    // Addresses are given lowest first: .1 gateway, .2 the service's VIP, .3-.5 the tasks
-    // (.10 and .20 are the endpoints attached above).
+    let url = format!("http://{}:8080/", lab.ip(1));
     steps.push(Step::exec(
-        "Each task answers with its own hostname, over the overlay",
-        1,
+        "Requests to host1:8080 (sent from host2) are answered by every task in turn: the routing mesh",
+        2,
         &[
-            "nsenter",
-            &format!("--net={p1}"),
             "sh",
             "-c",
-            "for ip in 10.20.0.3 10.20.0.4 10.20.0.5; do echo \"$ip: $(curl -s -m 5 http://$ip/)\"; done",
+            // The port opens on every node within a heartbeat of the tasks running.
+            &format!(
+                "for i in $(seq 50); do curl -s -m 2 -o /dev/null {url} && break; sleep 0.2; done; sleep 1; \
+                 for i in 1 2 3 4 5 6; do curl -s -m 5 {url}; done"
+            ),
+        ],
+    ));
+    steps.push(Step::swarm(
+        "The routing mesh's data path on host1 (eBPF keeps the client's address)",
+        1,
+        &["info"],
+    ));
+    steps.push(Step::swarm(
+        "From inside a container on appnet, the service's name is its VIP, balanced over its tasks",
+        1,
+        &[
+            "run",
+            "--rm",
+            "--network",
+            "appnet",
+            "meshd-test:latest",
+            "sh",
+            "-c",
+            "for i in 1 2 3; do wget -q -O- http://web/; done",
         ],
     ));
     steps.push(Step::swarm("Their output", 1, &["service", "logs", "web"]));

@@ -95,6 +95,9 @@ pub(crate) fn ensure(host: Option<&Path>, egress: &Path, slot: u16) -> io::Resul
         ip(&["addr", "replace", &format!("{host_addr}/30"), "dev", &name])?;
         ip(&["link", "set", &name, "up"])?;
         sysctl(&format!("/proc/sys/net/ipv4/conf/{name}/forwarding"), "1")?;
+        // Replies for a client on this host come up the stack through the link with the
+        // source address of the node the client reached.
+        sysctl(&format!("/proc/sys/net/ipv4/conf/{name}/rp_filter"), "0")?;
         nix::net::if_::if_nametoindex(name.as_str()).map_err(io::Error::from)
     })?;
     sys::in_netns(egress, || {
