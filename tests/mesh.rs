@@ -282,7 +282,8 @@ fn routing_mesh(dataplane: &str) {
         assert_eq!(curl(&lab, &format!("http://{}:8081/", lab.ip(i))), None);
     }
 
-    // UDP, by flow: a real UDP server in each task (the host's socat, bind-mounted).
+    // UDP, by flow: a real UDP server in each task (the host's socat, bind-mounted), on port
+    // 53 of the task: the task's own resolver (127.0.0.11:53) leaves it free.
     ok(
         &lab,
         1,
@@ -294,7 +295,7 @@ fn routing_mesh(dataplane: &str) {
             "--replicas",
             "2",
             "-p",
-            "5353:5300/udp",
+            "5353:53/udp",
             "--mount",
             "type=bind,source=/usr,target=/host/usr,readonly",
             "meshd-test:latest",
@@ -302,7 +303,7 @@ fn routing_mesh(dataplane: &str) {
             "--library-path",
             "/host/usr/lib/x86_64-linux-gnu",
             "/host/usr/bin/socat",
-            "UDP-RECVFROM:5300,fork",
+            "UDP-RECVFROM:53,fork",
             "SYSTEM:hostname",
         ],
     );

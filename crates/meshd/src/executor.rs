@@ -605,10 +605,12 @@ impl Executor {
         task: &Task,
         netns: &std::path::Path,
     ) -> anyhow::Result<mesh_dns::EndpointHandle> {
+        // Like Docker: the resolver listens on ports of its own and `127.0.0.11:53` is
+        // translated to them, so the task's own programs may bind port 53 (a DNS service).
         let path = netns.to_path_buf();
         let (udp, tcp) = tokio::task::spawn_blocking(move || {
             mesh_sandbox::run_in_netns(&path, || -> std::io::Result<_> {
-                let addr = std::net::SocketAddr::from(([127, 0, 0, 11], 53));
+                let addr = std::net::SocketAddr::from(([127, 0, 0, 11], 0));
                 Ok((
                     std::net::UdpSocket::bind(addr)?,
                     std::net::TcpListener::bind(addr)?,
@@ -616,6 +618,16 @@ impl Executor {
             })
         })
         .await???;
+        let (uport, tport) = (udp.local_addr()?.port(), tcp.local_addr()?.port());
+        let rules = format!(
+            "table ip meshd_dns {{}}\ndelete table ip meshd_dns\n\
+             table ip meshd_dns {{\n chain output {{\n  type nat hook output priority -100; policy accept;\n  \
+             ip daddr 127.0.0.11 udp dport 53 dnat to 127.0.0.11:{uport}\n  \
+             ip daddr 127.0.0.11 tcp dport 53 dnat to 127.0.0.11:{tport}\n }}\n}}\n"
+        );
+        nft_in(netns, &rules)
+            .await
+            .with_context(|| format!("port 53 of 127.0.0.11 for task {}", task.id))?;
         let networks: Vec<String> = task.networks.iter().map(|a| a.network_id.clone()).collect();
         Ok(self.active.net().resolver().serve(networks, udp, tcp)?)
     }
@@ -627,4 +639,31 @@ impl Executor {
             debug!(task = %task_id, error = %e, "could not delete the task's namespace");
         }
     }
+}
+
+/// Runs `nft -f -` with `rules` inside the network namespace at `netns` (entering only it).
+async fn nft_in(netns: &std::path::Path, rules: &str) -> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args(["nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("running nft (install nftables)")?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(rules.as_bytes()).await?;
+    }
+    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .context("nft did not finish within 10 s")??;
+    if !out.status.success() {
+        anyhow::bail!(
+            "nft failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
 }
