@@ -10,8 +10,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 
+use super::sys::{absent_ok, map_err};
 use crate::error::IngressError;
 
 /// Port entries are indices into `mesh_ing_rr` (as in `ebpf/mesh_ingress.h`).
@@ -442,18 +443,6 @@ pub(crate) struct IngressMaps {
     pub rr: Array<MapData, u64>,
     pub config: Array<MapData, ConfigVal>,
     pub stats: PerCpuArray<MapData, u64>,
-}
-
-fn map_err(what: &str, e: MapError) -> IngressError {
-    IngressError::io(format!("writing {what}"), std::io::Error::other(e))
-}
-
-fn absent_ok(r: Result<(), MapError>) -> Result<(), MapError> {
-    match r {
-        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-        Err(MapError::KeyNotFound) => Ok(()),
-        other => other,
-    }
 }
 
 fn local_key((proto, port, addr, target): LocalKey) -> LocalKeyC {

@@ -144,6 +144,21 @@ pub(crate) fn ensure_cgroup2(dir: &Path) -> Result<File, IngressError> {
     File::open(dir).map_err(|e| IngressError::io(format!("opening {}", dir.display()), e))
 }
 
+/// A map write that failed, with what was being written.
+pub(crate) fn map_err(what: &str, e: aya::maps::MapError) -> crate::IngressError {
+    crate::IngressError::io(format!("writing {what}"), std::io::Error::other(e))
+}
+
+/// A delete of a key that is not there is fine.
+pub(crate) fn absent_ok(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
+    use aya::maps::MapError;
+    match r {
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(MapError::KeyNotFound) => Ok(()),
+        other => other,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,8 +9,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 
+use super::sys::{absent_ok, map_err};
 use crate::error::IngressError;
 
 /// Map capacities, as in `ebpf/mesh_vip.h`.
@@ -395,19 +396,6 @@ pub(crate) struct VipMaps {
     pub live: HashMap<MapData, LiveKey, u8>,
     pub rr: Array<MapData, u64>,
     pub stats: PerCpuArray<MapData, u64>,
-}
-
-fn map_err(what: &str, e: MapError) -> IngressError {
-    IngressError::io(format!("writing {what}"), std::io::Error::other(e))
-}
-
-/// A delete of a key that is not there is fine.
-fn absent_ok(r: Result<(), MapError>) -> Result<(), MapError> {
-    match r {
-        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-        Err(MapError::KeyNotFound) => Ok(()),
-        other => other,
-    }
 }
 
 impl VipMaps {
