@@ -607,6 +607,7 @@ impl Executor {
     ) -> anyhow::Result<mesh_dns::EndpointHandle> {
         // Like Docker: the resolver listens on ports of its own and `127.0.0.11:53` is
         // translated to them, so the task's own programs may bind port 53 (a DNS service).
+        // Only that traffic is tracked: the task's other connections cost no conntrack.
         let path = netns.to_path_buf();
         let (udp, tcp) = tokio::task::spawn_blocking(move || {
             mesh_sandbox::run_in_netns(&path, || -> std::io::Result<_> {
@@ -621,7 +622,12 @@ impl Executor {
         let (uport, tport) = (udp.local_addr()?.port(), tcp.local_addr()?.port());
         let rules = format!(
             "table ip meshd_dns {{}}\ndelete table ip meshd_dns\n\
-             table ip meshd_dns {{\n chain output {{\n  type nat hook output priority -100; policy accept;\n  \
+             table ip meshd_dns {{\n \
+             chain raw_output {{\n  type filter hook output priority raw; policy accept;\n  \
+             ip daddr != 127.0.0.11 ip saddr != 127.0.0.11 notrack\n }}\n \
+             chain raw_prerouting {{\n  type filter hook prerouting priority raw; policy accept;\n  \
+             ip daddr != 127.0.0.11 ip saddr != 127.0.0.11 notrack\n }}\n \
+             chain output {{\n  type nat hook output priority -100; policy accept;\n  \
              ip daddr 127.0.0.11 udp dport 53 dnat to 127.0.0.11:{uport}\n  \
              ip daddr 127.0.0.11 tcp dport 53 dnat to 127.0.0.11:{tport}\n }}\n}}\n"
         );
