@@ -8,7 +8,7 @@
 //! that network. A node also gets a load-balancer address on each network it runs tasks of:
 //! the source of the VIP connections its userspace path opens for those tasks.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use mesh_api::{Endpoint, EndpointOwner, Network, NetworkSpec, PublishMode, Service, Task};
 
@@ -170,36 +170,44 @@ impl ClusterState {
     /// every node serves (ingress ports everywhere, host-mode ports on the tasks' nodes).
     pub fn mesh_services(&self) -> Vec<rpc::MeshService> {
         let ingress = self.ingress_network().map(|n| n.id.as_str());
-        let mut out = Vec::new();
-        for svc in self.services.values().filter(|s| !s.ports.is_empty()) {
-            let mut backends: Vec<rpc::MeshBackend> = self
-                .tasks
-                .values()
-                .filter(|t| t.service_id == svc.id && t.is_serving())
-                .filter_map(|t| {
-                    let node = self.nodes.get(&t.node_id)?;
-                    Some(rpc::MeshBackend {
-                        task_id: t.id.clone(),
-                        node_id: t.node_id.clone(),
-                        node_addr: node.status.addr.clone(),
-                        ingress_ip: t
-                            .networks
-                            .iter()
-                            .find(|a| Some(a.network_id.as_str()) == ingress)
-                            .map(|a| a.ip),
-                    })
-                })
-                .collect();
-            // The same rotation order on every node.
-            backends.sort_by(|a, b| a.task_id.cmp(&b.task_id));
-            out.push(rpc::MeshService {
-                service_id: svc.id.clone(),
-                name: svc.spec.name.clone(),
-                ports: svc.ports.clone(),
-                backends,
+        // One pass over the tasks; `tasks` is ordered by ID, so every node gets the same
+        // rotation order.
+        let mut backends: BTreeMap<&str, Vec<rpc::MeshBackend>> = self
+            .services
+            .values()
+            .filter(|s| !s.ports.is_empty())
+            .map(|s| (s.id.as_str(), Vec::new()))
+            .collect();
+        for t in self.tasks.values().filter(|t| t.is_serving()) {
+            let (Some(list), Some(node)) = (
+                backends.get_mut(t.service_id.as_str()),
+                self.nodes.get(&t.node_id),
+            ) else {
+                continue;
+            };
+            list.push(rpc::MeshBackend {
+                task_id: t.id.clone(),
+                node_id: t.node_id.clone(),
+                node_addr: node.status.addr.clone(),
+                ingress_ip: t
+                    .networks
+                    .iter()
+                    .find(|a| Some(a.network_id.as_str()) == ingress)
+                    .map(|a| a.ip),
             });
         }
-        out
+        backends
+            .into_iter()
+            .filter_map(|(id, backends)| {
+                let svc = self.services.get(id)?;
+                Some(rpc::MeshService {
+                    service_id: svc.id.clone(),
+                    name: svc.spec.name.clone(),
+                    ports: svc.ports.clone(),
+                    backends,
+                })
+            })
+            .collect()
     }
 }
 

@@ -462,13 +462,29 @@ impl ClusterState {
         applied(Some(id))
     }
 
-    /// Allocates the addresses of an assigned task on each of its networks.
+    /// Allocates the addresses of an assigned task on each of its networks, and on the
+    /// ingress network when its service publishes ports in ingress mode (the last interface).
     fn attach_task_networks(&mut self, task: &mut Task) -> Result<(), String> {
-        let mut made: Vec<Endpoint> = Vec::new();
-        let mut attachments = Vec::new();
-        for (i, n) in task.spec.networks.iter().enumerate() {
+        let mut targets: Vec<(String, Vec<String>)> = Vec::new();
+        for n in &task.spec.networks {
             let Some(net) = self.resolve_network(&n.target) else {
                 return Err(format!("network {} no longer exists", n.target));
+            };
+            targets.push((net.id.clone(), n.aliases.clone()));
+        }
+        if let Some(net) = self
+            .services
+            .get(&task.service_id)
+            .filter(|s| crate::mesh::publishes_ingress(s))
+            .and_then(|_| self.ingress_network())
+        {
+            targets.push((net.id.clone(), Vec::new()));
+        }
+        let mut made: Vec<Endpoint> = Vec::new();
+        let mut attachments = Vec::new();
+        for (i, (network_id, aliases)) in targets.into_iter().enumerate() {
+            let Some(net) = self.networks.get(&network_id) else {
+                return Err(format!("network {network_id} no longer exists"));
             };
             let mut used = self.used_ips(&net.id);
             used.extend(made.iter().filter(|e| e.network_id == net.id).map(|e| e.ip));
@@ -496,43 +512,7 @@ impl ClusterState {
                 endpoint_id: id,
                 ip,
                 ifname,
-                aliases: n.aliases.clone(),
-            });
-        }
-        let ingress = self
-            .services
-            .get(&task.service_id)
-            .filter(|s| crate::mesh::publishes_ingress(s))
-            .and_then(|_| self.ingress_network());
-        if let Some(net) = ingress {
-            // Published in ingress mode: one more interface, on the ingress network.
-            let i = task.spec.networks.len();
-            let used = self.used_ips(&net.id);
-            let Some(ip) = ipam::allocate_ip(&net.subnet, net.gateway, &used) else {
-                return Err(format!(
-                    "the ingress network has no free address left in {}",
-                    net.subnet
-                ));
-            };
-            let ifname = format!("eth{i}");
-            let id = task_endpoint_id(&task.id, i);
-            made.push(Endpoint {
-                id: id.clone(),
-                network_id: net.id.clone(),
-                node_id: task.node_id.clone(),
-                ip,
-                owner: EndpointOwner::Task {
-                    task_id: task.id.clone(),
-                    ifname: ifname.clone(),
-                },
-                created_at: task.updated_at,
-            });
-            attachments.push(TaskAttachment {
-                network_id: net.id.clone(),
-                endpoint_id: id,
-                ip,
-                ifname,
-                aliases: Vec::new(),
+                aliases,
             });
         }
         if !made.is_empty() {

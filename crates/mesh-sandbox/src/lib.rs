@@ -19,6 +19,7 @@
 
 mod error;
 mod local_addrs;
+mod nft;
 mod nl;
 mod ns;
 mod sysctl;
@@ -33,6 +34,7 @@ use rtnetlink::{LinkBridge, LinkVeth};
 
 pub use crate::error::SandboxError;
 pub use crate::local_addrs::sync_local_addrs;
+pub use crate::nft::nft_in;
 use crate::nl::{Nl, is_kind, with_netlink};
 pub use crate::ns::{NETNS_DIR, netns_exists, netns_path};
 

@@ -631,9 +631,13 @@ impl Executor {
              ip daddr 127.0.0.11 udp dport 53 dnat to 127.0.0.11:{uport}\n  \
              ip daddr 127.0.0.11 tcp dport 53 dnat to 127.0.0.11:{tport}\n }}\n}}\n"
         );
-        nft_in(netns, &rules)
-            .await
-            .with_context(|| format!("port 53 of 127.0.0.11 for task {}", task.id))?;
+        let path = netns.to_path_buf();
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            let ns = std::fs::File::open(&path)?;
+            mesh_sandbox::nft_in(&ns, &rules)
+        })
+        .await?
+        .with_context(|| format!("port 53 of 127.0.0.11 for task {}", task.id))?;
         let networks: Vec<String> = task.networks.iter().map(|a| a.network_id.clone()).collect();
         Ok(self.active.net().resolver().serve(networks, udp, tcp)?)
     }
@@ -645,31 +649,4 @@ impl Executor {
             debug!(task = %task_id, error = %e, "could not delete the task's namespace");
         }
     }
-}
-
-/// Runs `nft -f -` with `rules` inside the network namespace at `netns` (entering only it).
-async fn nft_in(netns: &std::path::Path, rules: &str) -> anyhow::Result<()> {
-    use tokio::io::AsyncWriteExt;
-    let mut child = tokio::process::Command::new("nsenter")
-        .arg(format!("--net={}", netns.display()))
-        .args(["nft", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .context("running nft (install nftables)")?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(rules.as_bytes()).await?;
-    }
-    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
-        .await
-        .context("nft did not finish within 10 s")??;
-    if !out.status.success() {
-        anyhow::bail!(
-            "nft failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
 }

@@ -48,6 +48,9 @@ pub fn plan(
                 Protocol::Tcp => Proto::Tcp,
                 Protocol::Udp => Proto::Udp,
             };
+            if port.published_port == 0 || seen.contains(&(proto, port.published_port)) {
+                continue;
+            }
             let listener = match port.publish_mode {
                 PublishMode::Ingress => {
                     let Some((net, lb)) = ingress else { continue };
@@ -104,9 +107,7 @@ pub fn plan(
                     }
                 }
             };
-            if port.published_port == 0 || !seen.insert((proto, port.published_port)) {
-                continue;
-            }
+            seen.insert((proto, port.published_port));
             out.listeners.push(listener);
         }
     }

@@ -4,7 +4,7 @@
 use std::cell::Cell;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -56,11 +56,6 @@ impl Netns {
     /// The namespace file descriptor.
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
-    }
-
-    /// The raw descriptor (for a child process to enter it before exec).
-    pub(crate) fn raw_fd(&self) -> i32 {
-        self.fd.as_raw_fd()
     }
 }
 

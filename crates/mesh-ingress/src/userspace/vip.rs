@@ -4,10 +4,8 @@
 //! listeners themselves.
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::{self, Write};
+use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -62,47 +60,9 @@ pub fn nft_delete_script() -> String {
     format!("table inet {NFT_TABLE}\ndelete table inet {NFT_TABLE}\n")
 }
 
-/// Runs `nft -f -` with `script`, the child entering only the network namespace `netns`.
+/// Runs `nft -f -` with `script` inside the sandbox.
 fn run_nft(netns: &Netns, script: &str) -> io::Result<()> {
-    let fd = netns.raw_fd();
-    let mut cmd = Command::new("nft");
-    cmd.args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    // SAFETY: the closure only calls setns(2), which is async-signal-safe; `fd` stays open in
-    // the parent (and so in the child) until the child has been waited for.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().map_err(|e| {
-        if e.kind() == io::ErrorKind::NotFound {
-            io::Error::new(
-                e.kind(),
-                "nft not found: install nftables (apt-get install nftables)",
-            )
-        } else {
-            e
-        }
-    })?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(script.as_bytes())?;
-    }
-    let out = child.wait_with_output()?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(io::Error::other(format!(
-            "nft exited with {}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
-    }
+    mesh_sandbox::nft_in(&netns.fd(), script)
 }
 
 fn sandbox_err(e: mesh_sandbox::SandboxError) -> io::Error {
