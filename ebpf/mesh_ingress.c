@@ -9,7 +9,8 @@
  * task:target and redirected into the mesh link towards its namespace; a remote one gets it
  * encapsulated (outer IPv4 + UDP to the encap port + struct mesh_ing_encap + the original
  * packet) and sent to its node. The same program decapsulates such packets from known nodes
- * and delivers them to the local backend named in the header.
+ * and delivers them to the local backend named in the header. Datagrams on that port too
+ * short to carry a packet (meshd's liveness probes between nodes) go up the stack.
  *
  * mesh_ing_link (TC ingress, host side of each mesh link): a backend's reply matching a
  * delivered flow gets its source set back to what the client connected to and leaves by
@@ -363,6 +364,9 @@ int mesh_ing_ext(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	__u16 encap_port = cfg->encap_port;
 	if (p.proto == IPPROTO_UDP && encap_port && p.dport == encap_port) {
+		/* Too short to carry a packet: the nodes' liveness probes, for meshd's socket. */
+		if (skb->len < p.l4_off + MESH_ING_ENCAP_LEN)
+			return TC_ACT_OK;
 		if (!bpf_map_lookup_elem(&mesh_ing_nodes, &p.saddr)) {
 			count(MESH_ING_STAT_DROP_DECAP);
 			return TC_ACT_SHOT;

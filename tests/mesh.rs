@@ -1,5 +1,6 @@
 //! The routing mesh on the lab, on each data path: published ports answered on every node
-//! round-robin by every task (also by nodes that run none), a killed task out of rotation,
+//! round-robin by every task (also by nodes that run none), a killed task and a dead node's
+//! tasks out of rotation,
 //! service VIPs from inside tasks, UDP by flow, host-mode ports, port conflicts, the
 //! client's address at the backend, and `wrk` across a rolling update and a drain with no
 //! failed request. Real containers, real clients (curl, wrk, socat).
@@ -362,6 +363,39 @@ fn routing_mesh(dataplane: &str) {
                 "a request to host{i} failed after the task was killed"
             );
             assert_ne!(got.unwrap(), victim.id[..12], "the killed task answered");
+        }
+    }
+
+    // A dead node's tasks get no new connection: a second after host3's meshd is killed
+    // (its mesh, overlay and probes gone with it), every request to the others succeeds.
+    let ts = wait_running(&lab, "web", 3);
+    wait_served(&lab, 8080, &task_hostnames(&ts));
+    assert!(
+        ts.iter().any(|t| host_of(&lab, t) == 3),
+        "a task of web runs on host3 before it dies"
+    );
+    lab.kill(3);
+    std::thread::sleep(Duration::from_secs(1));
+    for i in 1..=2 {
+        let url = format!("http://{}:8080/", lab.ip(i));
+        for _ in 0..9 {
+            // A connection sent to a dead node would be answered only after a SYN
+            // retransmission (1 s): the connect timeout catches it.
+            let out = lab.exec_client(&[
+                "curl",
+                "-s",
+                "-f",
+                "--connect-timeout",
+                "0.9",
+                "-m",
+                "5",
+                &url,
+            ]);
+            assert_eq!(
+                out.status, 0,
+                "a request to host{i} failed a second after host3 died: {}",
+                out.stderr
+            );
         }
     }
 }

@@ -7,11 +7,19 @@
 //! - the eBPF path ([`ebpf`]): programs in C under `ebpf/` compiled by clang, loaded with
 //!   aya;
 //! - the userspace twin ([`userspace`]): tokio listeners, TCP relayed with `splice(2)`.
+//!
+//! meshd leaves out of the plan the tasks of nodes that stop answering the probes of
+//! [`peers`].
 
 pub mod ebpf;
 mod error;
+pub mod peers;
 pub mod plan;
 pub mod userspace;
 
 pub use error::IngressError;
 pub use plan::{Backend, Egress, Listener, MeshPlan, Proto, VipSandbox, VipService};
+
+/// UDP port between the nodes' routing meshes, the same on every node: published-port
+/// traffic handed to another node (eBPF path) and the nodes' liveness probes ([`peers`]).
+pub const MESH_PORT: u16 = 51821;

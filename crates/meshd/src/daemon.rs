@@ -347,6 +347,11 @@ impl Daemon {
             *g = Some(Arc::clone(&active));
         }
         let handle = tokio::spawn(crate::agent::run(Arc::clone(self), Arc::clone(&active)));
+        let prober = tokio::spawn(crate::peers::run(
+            Arc::clone(&active.net),
+            mesh_ingress::MESH_PORT,
+            active.local().advertise_addr.parse().ok(),
+        ));
         let executor = crate::executor::Executor::start(
             Arc::clone(&self.engine),
             Arc::clone(&active),
@@ -354,6 +359,7 @@ impl Daemon {
         );
         if let Ok(mut t) = active.tasks.lock() {
             t.push(handle);
+            t.push(prober);
             t.extend(executor);
         }
         Ok(active)

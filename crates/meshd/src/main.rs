@@ -11,6 +11,7 @@ mod mesh;
 mod meshplan;
 mod netplan;
 mod network;
+mod peers;
 mod remote;
 mod workload;
 

@@ -161,6 +161,51 @@ pub fn plan(
     out
 }
 
+/// Takes the tasks of nodes this node found dead (`dead`: their underlay addresses, from
+/// [`mesh_ingress::peers`]) out of `plan`: published ports' remote backends and VIP backends
+/// running there. When a port or a VIP would be left with no backend at all, it keeps them
+/// all: then this node is more likely the one cut off, and the managers' view decides.
+pub fn drop_dead(plan: &mut MeshPlan, map: &NetworkMap, dead: &BTreeSet<Ipv4Addr>) {
+    if dead.is_empty() {
+        return;
+    }
+    fn keep_live<T: Clone>(all: &mut Vec<T>, live: impl Fn(&T) -> bool) {
+        let kept: Vec<T> = all.iter().filter(|b| live(b)).cloned().collect();
+        if !kept.is_empty() {
+            *all = kept;
+        }
+    }
+    for l in &mut plan.listeners {
+        keep_live(&mut l.backends, |b| {
+            b.node.is_none_or(|n| !dead.contains(&n))
+        });
+    }
+    for v in &mut plan.vips {
+        let Some(a) = map.networks.iter().find(|a| a.network.id == v.network_id) else {
+            continue;
+        };
+        let dead_nodes: BTreeSet<&str> = a
+            .nodes
+            .iter()
+            .filter(|n| n.addr.parse().is_ok_and(|ip| dead.contains(&ip)))
+            .map(|n| n.node_id.as_str())
+            .collect();
+        if dead_nodes.is_empty() {
+            continue;
+        }
+        let dead_tasks: BTreeSet<Ipv4Addr> = a
+            .endpoints
+            .iter()
+            .filter(|e| matches!(e.owner, EndpointOwner::Task { .. }))
+            .filter(|e| dead_nodes.contains(e.node_id.as_str()))
+            .map(|e| e.ip)
+            .collect();
+        for s in &mut v.services {
+            keep_live(&mut s.backends, |ip| !dead_tasks.contains(ip));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -362,5 +407,45 @@ mod tests {
             |_| true,
         );
         assert!(p.listeners.is_empty());
+    }
+
+    #[test]
+    fn dead_nodes_tasks_leave_rotation_unless_nothing_would_be_left() {
+        let mut m = map();
+        m.networks[1].nodes = vec![mesh_manager::rpc::PeerNode {
+            node_id: "other".into(),
+            addr: "192.0.2.2".into(),
+            data_port: 51820,
+            public_key: None,
+        }];
+        let dead = BTreeSet::from(["192.0.2.2".parse::<Ipv4Addr>().unwrap()]);
+        let mut p = build("me");
+        drop_dead(&mut p, &m, &dead);
+        let tcp = &p.listeners[0];
+        assert_eq!(tcp.backends.len(), 1, "only the local task is left");
+        assert_eq!(tcp.backends[0].node, None);
+        assert_eq!(
+            p.vips[1].services[0].backends,
+            ["10.1.0.5".parse::<Ipv4Addr>().unwrap()],
+            "the VIP keeps the live node's task"
+        );
+        // Seen from "other", whose only remote backend node is "me": were "me" dead, the
+        // port would keep its backends rather than have none.
+        let mut m2 = map();
+        m2.mesh[0].backends.retain(|b| b.node_id == "me");
+        let mut p2 = plan(
+            "other",
+            &m2,
+            |n| PathBuf::from(n),
+            |t| PathBuf::from(t),
+            |_| true,
+        );
+        let before = p2.listeners[0].backends.clone();
+        drop_dead(
+            &mut p2,
+            &m2,
+            &BTreeSet::from(["192.0.2.1".parse::<Ipv4Addr>().unwrap()]),
+        );
+        assert_eq!(p2.listeners[0].backends, before);
     }
 }

@@ -1,9 +1,9 @@
 //! This node's part of the overlay networks: its WireGuard keys, the overlay engine,
 //! and keeping the engine in line with the managers' network map.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,6 +28,13 @@ pub struct NetRuntime {
     dataplane: &'static str,
     /// The ingress network's ID and gateway, from the last map.
     ingress: Mutex<Option<(String, std::net::Ipv4Addr)>>,
+    /// The last map applied: the mesh plan is made again from it when nodes die or revive.
+    /// Held while the mesh applies a plan, so that plans are applied in order.
+    last_map: Mutex<Option<Arc<NetworkMap>>>,
+    /// Nodes the mesh's probes found dead (underlay addresses).
+    dead_nodes: Mutex<BTreeSet<Ipv4Addr>>,
+    /// The nodes the mesh's probes watch (every node of the last map).
+    mesh_nodes: tokio::sync::watch::Sender<Vec<Ipv4Addr>>,
     keys: Mutex<BTreeMap<String, KeyPair>>,
     keys_path: PathBuf,
     applied_version: AtomicU64,
@@ -80,6 +87,9 @@ impl NetRuntime {
             dataplane: mesh.kind(),
             mesh: Mutex::new(Some(mesh)),
             ingress: Mutex::new(None),
+            last_map: Mutex::new(None),
+            dead_nodes: Mutex::new(BTreeSet::new()),
+            mesh_nodes: tokio::sync::watch::channel(Vec::new()).0,
             keys: Mutex::new(keys),
             keys_path,
             applied_version: AtomicU64::new(u64::MAX),
@@ -201,33 +211,62 @@ impl NetRuntime {
         }
         self.apply_plan(&planned.plan)?;
         // After the overlay: the mesh works in the sandboxes it made.
-        let mesh_plan = crate::meshplan::plan(
+        let nodes = mesh_nodes(map);
+        self.mesh_nodes.send_if_modified(|n| {
+            let changed = *n != nodes;
+            *n = nodes.clone();
+            changed
+        });
+        match self.last_map.lock() {
+            Ok(mut last) => {
+                let map = Arc::new(map.clone());
+                self.apply_mesh(&map, &nodes);
+                *last = Some(map);
+            }
+            Err(_) => warn!("mesh map lock poisoned: the routing mesh keeps its last plan"),
+        }
+        self.applied_version.store(map.version, Ordering::SeqCst);
+        Ok(planned.stale)
+    }
+
+    /// Builds the mesh plan of `map` without the dead nodes' tasks and serves it. Called with
+    /// `last_map` held.
+    fn apply_mesh(&self, map: &NetworkMap, nodes: &[Ipv4Addr]) {
+        let mut mesh_plan = crate::meshplan::plan(
             &self.node_id,
             map,
             |net| mesh_sandbox::netns_path(&mesh_overlay::sandbox_name(&self.prefix, net)),
             |t| mesh_sandbox::netns_path(&self.task_netns_name(t)),
             mesh_sandbox::netns_exists,
         );
+        if let Ok(dead) = self.dead_nodes.lock() {
+            crate::meshplan::drop_dead(&mut mesh_plan, map, &dead);
+        }
         if let Ok(guard) = self.mesh.lock()
             && let Some(mesh) = guard.as_ref()
         {
-            let mut nodes: Vec<std::net::Ipv4Addr> = map
-                .networks
-                .iter()
-                .flat_map(|a| a.nodes.iter().map(|n| n.addr.as_str()))
-                .chain(
-                    map.mesh
-                        .iter()
-                        .flat_map(|m| m.backends.iter().map(|b| b.node_addr.as_str())),
-                )
-                .filter_map(|a| a.parse().ok())
-                .collect();
-            nodes.sort();
-            nodes.dedup();
-            mesh.apply(&mesh_plan, &nodes);
+            mesh.apply(&mesh_plan, nodes);
         }
-        self.applied_version.store(map.version, Ordering::SeqCst);
-        Ok(planned.stale)
+    }
+
+    /// The nodes the routing mesh's probes must watch: every node of the last map.
+    pub fn mesh_peers(&self) -> tokio::sync::watch::Receiver<Vec<Ipv4Addr>> {
+        self.mesh_nodes.subscribe()
+    }
+
+    /// Takes the tasks of `dead` nodes out of the routing mesh (and puts back those of
+    /// nodes no longer in it) at once, from the last map.
+    pub fn set_dead_nodes(&self, dead: BTreeSet<Ipv4Addr>) {
+        if let Ok(mut d) = self.dead_nodes.lock() {
+            *d = dead;
+        }
+        let Ok(last) = self.last_map.lock() else {
+            warn!("mesh map lock poisoned: the routing mesh keeps its last plan");
+            return;
+        };
+        if let Some(map) = last.as_ref() {
+            self.apply_mesh(map, &mesh_nodes(map));
+        }
     }
 
     fn apply_plan(&self, plan: &HostPlan) -> anyhow::Result<()> {
@@ -298,6 +337,24 @@ fn save_keys(path: &Path, keys: &BTreeMap<String, KeyPair>) -> anyhow::Result<()
     f.sync_all()?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
     Ok(())
+}
+
+/// Every node's underlay address in `map` (networks' nodes and the mesh's backends).
+fn mesh_nodes(map: &NetworkMap) -> Vec<Ipv4Addr> {
+    let mut nodes: Vec<Ipv4Addr> = map
+        .networks
+        .iter()
+        .flat_map(|a| a.nodes.iter().map(|n| n.addr.as_str()))
+        .chain(
+            map.mesh
+                .iter()
+                .flat_map(|m| m.backends.iter().map(|b| b.node_addr.as_str())),
+        )
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    nodes.sort();
+    nodes.dedup();
+    nodes
 }
 
 /// The UDP endpoint other nodes and WireGuard peers reach this node's overlay at.

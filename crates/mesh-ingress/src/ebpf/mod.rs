@@ -89,7 +89,7 @@ impl Default for EbpfConfig {
             cgroup2_dir: PathBuf::from("/run/meshd-cgroup2"),
             netns: None,
             interfaces: Vec::new(),
-            encap_port: 51821,
+            encap_port: crate::MESH_PORT,
             drain: Duration::from_secs(120),
         }
     }
