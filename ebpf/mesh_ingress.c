@@ -212,7 +212,6 @@ static __always_inline int deliver(struct __sk_buff *skb, const struct pkt *p, _
 	if (!link)
 		return -1;
 	__u32 ifindex = link->ifindex;
-	__u32 nexthop = link->nexthop;
 	struct mesh_ing_rev_key rk = {
 		.addr = backend,
 		.client = p->saddr,
@@ -220,13 +219,21 @@ static __always_inline int deliver(struct __sk_buff *skb, const struct pkt *p, _
 		.cport = p->sport,
 		.proto = p->proto,
 	};
-	struct mesh_ing_rev rv = { .addr = orig_addr, .port = orig_port, .flags = flags };
-	if (bpf_map_update_elem(&mesh_ing_rev, &rk, &rv, BPF_ANY))
-		return -1;
+	/* Written once per flow (and again if the LRU evicted it): a lookup costs far less
+	 * than an update on every packet. */
+	struct mesh_ing_rev *cur = bpf_map_lookup_elem(&mesh_ing_rev, &rk);
+	if (!cur || cur->addr != orig_addr || cur->port != orig_port || cur->flags != flags) {
+		struct mesh_ing_rev rv = { .addr = orig_addr, .port = orig_port, .flags = flags };
+		if (bpf_map_update_elem(&mesh_ing_rev, &rk, &rv, BPF_ANY))
+			return -1;
+	}
 	if (rewrite(skb, p, 1, backend, target))
 		return -1;
-	struct bpf_redir_neigh nh = { .nh_family = AF_INET, .ipv4_nh = nexthop };
-	return bpf_redirect_neigh(ifindex, &nh, sizeof(nh), 0);
+	/* Straight into the link's far end, in the egress namespace: ingress to ingress, without
+	 * a pass through the veth's transmit path and the CPU's backlog queue. The packet keeps
+	 * the host's MAC as destination and so counts as addressed to the namespace, which
+	 * routes it on to the task. */
+	return bpf_redirect_peer(ifindex, 0);
 }
 
 /* Routes the (rewritten) packet from src to dst by the FIB and sends it out; a packet for
