@@ -14,7 +14,9 @@
  *
  * mesh_ing_link (TC ingress, host side of each mesh link): a backend's reply matching a
  * delivered flow gets its source set back to what the client connected to and leaves by
- * the FIB's route to the client; anything else IPv4 is dropped (ARP passes).
+ * the FIB's route to the client; a task's connection to a published port at this host's
+ * own address goes up the stack (meshd's listener); anything else IPv4 is dropped (ARP
+ * passes).
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -464,6 +466,12 @@ int mesh_ing_link(struct __sk_buff *skb)
 	};
 	struct mesh_ing_rev *rv = bpf_map_lookup_elem(&mesh_ing_rev, &rk);
 	if (!rv) {
+		/* A task of this host connecting to a published port at this host's address:
+		 * for meshd's own listener on that port (the userspace relay). */
+		struct mesh_ing_port_key pk = { .proto = p.proto, .port = p.dport };
+		if (bpf_map_lookup_elem(&mesh_ing_addrs, &p.daddr) &&
+		    bpf_map_lookup_elem(&mesh_ing_ports, &pk))
+			return TC_ACT_OK;
 		count(MESH_ING_STAT_DROP_LINK);
 		return TC_ACT_SHOT;
 	}

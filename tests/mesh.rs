@@ -189,6 +189,56 @@ fn routing_mesh(dataplane: &str) {
         .collect();
     assert_eq!(from_host2, names);
 
+    // A node's published port from the node itself: by loopback and by its own address
+    // (the eBPF path leaves these to meshd's listener).
+    for url in [
+        "http://127.0.0.1:8080/".to_string(),
+        format!("http://{}:8080/", lab.ip(2)),
+    ] {
+        let got: BTreeSet<String> = (0..6)
+            .map(|_| {
+                let out = lab.exec(2, &["curl", "-s", "-f", "-m", "5", &url]);
+                assert_eq!(out.status, 0, "curl {url} on host2: {}", out.stderr);
+                out.stdout.trim().to_string()
+            })
+            .collect();
+        assert_eq!(got, names, "{url} from host2 itself");
+    }
+    // From a task (eBPF path: the ingress sandbox reaches its host by the mesh link; on the
+    // userspace path the sandbox has no way out of the overlay).
+    if dataplane == "ebpf" {
+        let ts = wait_running(&lab, "web", 3);
+        let inside = &ts[0];
+        let ih = host_of(&lab, inside);
+        let runc_root = lab.data_dir(ih).join("runtime/runc");
+        let url = format!("http://{}:8080/", lab.ip(ih));
+        let got: BTreeSet<String> = (0..6)
+            .map(|_| {
+                let out = lab.exec(
+                    ih,
+                    &[
+                        "runc",
+                        "--root",
+                        runc_root.to_str().unwrap(),
+                        "exec",
+                        &inside.id,
+                        "wget",
+                        "-q",
+                        "-O-",
+                        &url,
+                    ],
+                );
+                assert_eq!(
+                    out.status, 0,
+                    "wget {url} in a task of host{ih}: {}",
+                    out.stderr
+                );
+                out.stdout.trim().to_string()
+            })
+            .collect();
+        assert_eq!(got, names, "{url} from a task on host{ih}");
+    }
+
     // The VIP from inside a task on appnet: web:80 → each task in turn.
     let out = ok(
         &lab,

@@ -4,11 +4,11 @@
 //! On the eBPF path, eBPF serves the VIPs (socket-level balancing for the registered task
 //! namespaces) and the ingress-mode published ports (TC, direct server return). The
 //! userspace path still serves what eBPF does not: host-mode ports, ports with
-//! `proxy-protocol=v2`, and the VIPs for a task whose namespace is not registered yet (its
-//! packets to a VIP reach the sandbox, where the userspace relay takes them).
+//! `proxy-protocol=v2`, connections to a published port from this host itself, and the VIPs
+//! for a task whose namespace is not registered yet (its packets to a VIP reach the
+//! sandbox, where the userspace relay takes them).
 
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use mesh_ingress::MeshPlan;
 use mesh_ingress::ebpf::{EbpfConfig, EbpfMesh};
@@ -21,8 +21,6 @@ use crate::config::DataplaneChoice;
 pub struct Mesh {
     userspace: UserspaceMesh,
     ebpf: Option<EbpfMesh>,
-    /// Published ports the eBPF path served at the last apply.
-    kernel_ports: AtomicUsize,
 }
 
 impl Mesh {
@@ -52,11 +50,7 @@ impl Mesh {
         };
         let userspace = UserspaceMesh::start(UserspaceConfig::default())
             .map_err(|e| anyhow::anyhow!("starting the routing mesh's userspace path: {e}"))?;
-        let mesh = Self {
-            userspace,
-            ebpf,
-            kernel_ports: AtomicUsize::new(0),
-        };
+        let mesh = Self { userspace, ebpf };
         info!(dataplane = mesh.kind(), "routing mesh started");
         Ok(mesh)
     }
@@ -81,7 +75,6 @@ impl Mesh {
                 ebpf.set_nodes(nodes);
                 match ebpf.apply(&kernel) {
                     Ok(r) => {
-                        self.kernel_ports.store(r.ports, Ordering::Relaxed);
                         for s in &r.skipped {
                             warn!(item = %s, "routing mesh (eBPF) left out");
                         }
@@ -109,9 +102,9 @@ impl Mesh {
     /// Live figures: published ports and VIP networks served, relayed connections and UDP
     /// flows of the userspace path.
     pub fn stats(&self) -> MeshStats {
-        let mut s = self.userspace.stats();
-        s.listeners += self.kernel_ports.load(Ordering::Relaxed);
-        s
+        // Every published port has its listener in userspace (on the eBPF path, for this
+        // host's own clients), so the userspace count is the number of ports served.
+        self.userspace.stats()
     }
 
     /// Closes every listener; open relays end; eBPF programs are detached.
@@ -121,24 +114,25 @@ impl Mesh {
     }
 }
 
-/// The part of `plan` the eBPF path serves, and the part left to userspace.
+/// The part of `plan` the eBPF path serves, and the part the userspace path serves.
+///
+/// Userspace serves every published port: those eBPF cannot (host mode, whose backend is
+/// the task's own namespace; PROXY protocol, which needs a relay), and the others for the
+/// clients TC never sees, those on this host itself (`127.0.0.1:P`, the host's own address).
+/// A connection from elsewhere is taken by TC before it reaches the listening socket.
 pub fn split(plan: &MeshPlan) -> (MeshPlan, MeshPlan) {
-    let (kernel, user): (Vec<_>, Vec<_>) = plan
+    let kernel = plan
         .listeners
         .iter()
+        .filter(|l| l.egress.source.is_some() && !l.proxy_protocol)
         .cloned()
-        // Ingress-mode ports have a load-balancer source; host-mode ones go through the
-        // task's own namespace. PROXY protocol needs a relay.
-        .partition(|l| l.egress.source.is_some() && !l.proxy_protocol);
+        .collect();
     (
         MeshPlan {
             listeners: kernel,
             vips: plan.vips.clone(),
         },
-        MeshPlan {
-            listeners: user,
-            vips: plan.vips.clone(),
-        },
+        plan.clone(),
     )
 }
 
@@ -188,7 +182,7 @@ mod tests {
     }
 
     #[test]
-    fn host_mode_and_proxy_protocol_stay_in_userspace() {
+    fn ebpf_takes_plain_ingress_ports_and_userspace_serves_every_port() {
         let lb = Some(Ipv4Addr::new(10, 0, 0, 2));
         let plan = MeshPlan {
             listeners: vec![
@@ -205,7 +199,8 @@ mod tests {
         );
         assert_eq!(
             u.listeners.iter().map(|l| l.port).collect::<Vec<_>>(),
-            [8081, 8443]
+            [8080, 8081, 8443],
+            "userspace also serves 8080, for clients on this host"
         );
     }
 }
